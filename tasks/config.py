@@ -98,6 +98,7 @@ class DeployConfig(_Section):
     port: int = 0
     max_model_len: int = 1024
     enforce_eager: bool = True
+    memory_utilization: float = Field(0.5, gt=0, le=1)
     startup_timeout_s: float = 300
     extra_args: list[str] = []
     env: dict[str, str] = {}

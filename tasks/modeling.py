@@ -1,0 +1,83 @@
+"""Loading models and measuring them: the pieces training, merging and evaluation share."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train_dtype() -> torch.dtype:
+    """bf16 where the hardware has it for training; fp32 on CPU, where bf16 matmuls are slower on most cores."""
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: Path, adapter: Path | None = None, trainable: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=train_dtype()).to(device())
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    return model if trainable else model.eval()
+
+
+def completion_batch(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], int]:
+    """Token ids of prompt+completion, and where the completion starts. The completion is tokenised on its own, as
+    a served model would produce it after the prompt (BPE merges across the boundary would otherwise blur it)."""
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("chat template is not prefix-preserving: the prompt renders differently once a reply follows")
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(full_text[len(prompt_text):].rstrip("\n"), add_special_tokens=False)["input_ids"]
+    return prompt_ids + reply_ids, len(prompt_ids)
+
+
+@torch.inference_mode()
+def completion_logprobs(model, tokenizer, pairs: list[tuple[list[dict], list[dict]]]) -> list[tuple[float, int]]:
+    """Sum of log-probabilities of each completion given its prompt, and its token count (one sequence at a time:
+    exact, and fast enough for held-out sets of tens of examples)."""
+    results = []
+    for prompt, completion in pairs:
+        ids, start = completion_batch(tokenizer, prompt, completion)
+        input_ids = torch.tensor([ids], device=model.device)
+        logits = model(input_ids=input_ids).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(1, input_ids[0, 1:, None])[:, 0]
+        results.append((logp[start - 1:].sum().item(), len(ids) - start))
+    return results
+
+
+def split_last_reply(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    return messages[:-1], messages[-1:]
+
+
+def perplexity(model, tokenizer, conversations: list[list[dict]], desc: str = "perplexity") -> float:
+    """Perplexity of each conversation's final assistant reply given everything before it."""
+    scored = completion_logprobs(model, tokenizer, [split_last_reply(m) for m in tqdm(conversations, desc=desc)])
+    total_logp, total_tokens = sum(s for s, _ in scored), sum(n for _, n in scored)
+    return math.exp(-total_logp / total_tokens)
+
+
+def preference_accuracy(policy, reference, tokenizer, pairs: list[dict]) -> float:
+    """Fraction of pairs where DPO's implicit reward, log pi(y|x) - log ref(y|x), ranks chosen above rejected."""
+    def logps(model, key):
+        return [s for s, _ in completion_logprobs(model, tokenizer, [(p["prompt"], p[key]) for p in pairs])]
+
+    margins = [(pc - rc) - (pr - rr) for pc, rc, pr, rr in zip(
+        logps(policy, "chosen"), logps(reference, "chosen"), logps(policy, "rejected"), logps(reference, "rejected"))]
+    return sum(m > 0 for m in margins) / len(margins)

@@ -1,0 +1,142 @@
+"""The one module that talks to MLflow: experiment set-up, the run tree, and what each stage logs.
+
+Run tree: one parent run per pipeline run, one nested run per stage. The Prefect flow creates the parent and passes it
+down. `dvc repro` runs each stage as its own process, so there the parent is found again by a key (git commit + the
+bytes of params.yaml): stages run for the same code and settings land under the same parent, and a resumed
+`dvc repro` continues the parent it started.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tasks.config import Config, TrackingConfig
+
+PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the project's store (a sqlite file and an artifact folder by default); returns experiment id."""
+    uri = cfg.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        artifacts = Path(cfg.artifact_root).resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri())
+    else:
+        exp_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = cfg.experiment
+    return exp_id
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def _pipeline_key(params_file: Path) -> str:
+    blob = git_commit().encode() + (params_file.read_bytes() if params_file.exists() else b"")
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.yaml")) -> str:
+    """The parent run id for this pipeline run: given by the environment, found again by key, or new."""
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    exp_id = configure(cfg.tracking)
+    client, key = MlflowClient(), _pipeline_key(params_file)
+    if launcher == "dvc":
+        found = client.search_runs([exp_id], f"tags.`pipeline.key` = '{key}' and tags.`pipeline.launcher` = 'dvc'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=f"pipeline-{launcher}", tags={
+        "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit()})
+    for section, values in cfg.model_dump().items():
+        for name, value in _flatten(values).items():
+            client.log_param(run.info.run_id, f"{section}.{name}", value)
+    return run.info.run_id
+
+
+def end_pipeline(parent_id: str, status: str = "FINISHED") -> None:
+    MlflowClient().set_terminated(parent_id, status)
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out = {}
+    for key, value in d.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def dvc_hashes(stage: str, lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+    """md5 of each dep and out of a stage as DVC last recorded it (tags let a run be traced to its data)."""
+    if not lock_file.exists():
+        return {}
+    stage_lock = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).get(stage, {})
+    return {f"dvc.{kind}.{e['path']}": e.get("md5", "") for kind in ("deps", "outs")
+            for e in stage_lock.get(kind, []) if "md5" in e}
+
+
+def active() -> bool:
+    return mlflow.active_run() is not None
+
+
+@contextmanager
+def stage_run(cfg: Config, stage: str, parent_id: str, sections: tuple[str, ...]) -> Iterator[str]:
+    """A nested MLflow run for one stage, with its settings as params and git/DVC lineage as tags."""
+    configure(cfg.tracking)
+    while mlflow.active_run() is not None and mlflow.active_run().info.run_id != parent_id:
+        mlflow.end_run()
+    with mlflow.start_run(run_name=stage, parent_run_id=parent_id) as run:
+        mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **dvc_hashes(stage)})
+        for section in sections:
+            mlflow.log_params({f"params.{section}.{k}": v
+                               for k, v in _flatten(getattr(cfg, section).model_dump()).items()})
+        yield run.info.run_id
+
+
+def log_results(metrics: dict, artifacts: list[Path]) -> None:
+    """Numeric results as metrics, the rest as tags; existing artifact files and folders under their names."""
+    flat = _flatten(metrics)
+    mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.set_tags({f"result.{k}": str(v)[:500] for k, v in flat.items()
+                     if not isinstance(v, (int, float)) or isinstance(v, bool)})
+    for path in artifacts:
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=path.name)
+        elif path.exists():
+            mlflow.log_artifact(str(path))
+
+
+def register_model(name: str, model_dir: Path, alias: str, description: str) -> dict:
+    """Log the served model folder to the current run, create a registry version from it and point `alias` at it."""
+    mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    run = mlflow.active_run()
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                          description=description)
+    client.set_registered_model_alias(name, alias, version.version)
+    return {"model": name, "version": int(version.version), "alias": alias,
+            "uri": f"models:/{name}@{alias}"}
