@@ -61,7 +61,7 @@ class DatasetsConfig(_Section):
     pref_train_size: int = Field(64, ge=1)
     pref_test_size: int = Field(32, ge=1)
     max_new_tokens: int = 96
-    generation_batch_size: int = 16
+    generation_concurrency: int = 32
 
 
 class LoraTrainConfig(_Section):
@@ -158,7 +158,6 @@ class Paths:
     dpo_adapter = data / "models" / "dpo_adapter"
     merged = data / "models" / "merged"
     quantized = data / "models" / "quantized"
-    quantize_report = data / "models" / "quantize.json"
     deploy_report = data / "deploy" / "deployment.json"
     eval_dir = data / "eval"
     metrics = eval_dir / "metrics.json"

@@ -28,7 +28,8 @@ def fingerprint(text: str) -> str:
 
 
 def shingle_hashes(text: str, n: int) -> np.ndarray:
-    """Sorted unique 32-bit hashes (datasketch's default affine32 scheme) of word n-grams (deterministic across processes, unlike `hash()`)."""
+    """Sorted unique 32-bit hashes of word n-grams (32 bits: datasketch's default affine32 scheme). blake2b, not
+    `hash()`, so signatures are the same in every process."""
     words = normalise(text).split(" ")
     grams = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
     return np.unique(np.fromiter(
@@ -52,7 +53,8 @@ def _identity(x):
     return x
 
 
-def near_duplicates(texts: list[str], threshold: float, num_perm: int, n: int) -> tuple[list[NearDuplicate], list[float]]:
+def near_duplicates(texts: list[str], threshold: float, num_perm: int,
+                    n: int) -> tuple[list[NearDuplicate], list[float]]:
     """Documents to drop, and the verified Jaccard of every LSH candidate pair (for the report's histogram)."""
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     shingles, parent, link_sim, candidate_sims = [], list(range(len(texts))), {}, []

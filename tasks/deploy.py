@@ -14,7 +14,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from tqdm import tqdm
 
 from tasks.config import TELEMETRY_OFF, DeployConfig, Paths
 from tasks.jsonl import write_json
@@ -100,9 +103,18 @@ class VLLMServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0) -> dict:
+    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
         return http_json(f"{self.base_url}/v1/chat/completions", {
-            "model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens, "temperature": temperature})
+            "model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+            **sampling})
+
+    def chat_many(self, conversations: list[list[dict]], concurrency: int, **kwargs) -> list[str]:
+        """Replies to many conversations, `concurrency` in flight (vLLM batches them), in input order."""
+        def reply(messages: list[dict]) -> str:
+            return self.chat(messages, **kwargs)["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(tqdm(pool.map(reply, conversations), total=len(conversations), desc="vllm chat", unit="req"))
 
     def __enter__(self) -> "VLLMServer":
         return self.start()

@@ -24,12 +24,12 @@ CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]|\.\d)")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 CN_MOBILE = re.compile(r"(?<![\d+])(?:(?:\+|00)?86[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?!\d)")
-PHONE_CANDIDATE = re.compile(r"(?<![\w/.+:=-])(?:(?:\+|00)\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,12}(?:[ .-]\d{2,5}){0,4}"
-                             r"(?![\w/:-]|\.\d)")
+PHONE_CANDIDATE = re.compile(r"(?<![\w/.+:=-])(?:(?:\+|00)\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
+                             r"\d{2,12}(?:[ .-]\d{2,5}){0,4}(?![\w/:-]|\.\d)")
 PHONE_PREFIX = re.compile(r"^(?:(?:\+|00)\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?")
 YEAR = re.compile(r"^(?:19|20)\d\d$")
-PHONE_CONTEXT = re.compile(r"(?:phone|tel|call|mobile|cell|fax|whatsapp|contact|number|电话|手机|联系)\W{0,3}\S*\W{0,3}$",
-                           re.IGNORECASE)
+PHONE_CONTEXT = re.compile(
+    r"(?:phone|tel|call|mobile|cell|fax|whatsapp|contact|number|电话|手机|联系)\W{0,3}\S*\W{0,3}$", re.IGNORECASE)
 DATE_LIKE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 VERSION_BEFORE = re.compile(r"\b(?:v|version|ver\.?)\s*$", re.IGNORECASE)
 DECIMAL = re.compile(r"^\d+\.\d+$")

@@ -27,11 +27,11 @@ def histogram(values: list[float], path: Path, title: str, xlabel: str, threshol
     return _save(fig, path)
 
 
-def bars(counts: dict[str, int], path: Path, title: str) -> Path:
+def bars(values: dict[str, float], path: Path, title: str, xlabel: str = "count") -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(counts) or ["(none)"]
-    ax.barh(names, [counts.get(n, 0) for n in names], color="#55a868")
-    ax.set(title=title, xlabel="count")
+    names = list(values) or ["(none)"]
+    ax.barh(names, [values.get(n, 0) for n in names], color="#55a868")
+    ax.set(title=title, xlabel=xlabel)
     return _save(fig, path)
 
 

@@ -116,9 +116,9 @@ def stage_run(cfg: Config, stage: str, parent_id: str, sections: tuple[str, ...]
 def log_results(metrics: dict, artifacts: list[Path]) -> None:
     """Numeric results as metrics, the rest as tags; existing artifact files and folders under their names."""
     flat = _flatten(metrics)
-    mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    mlflow.set_tags({f"result.{k}": str(v)[:500] for k, v in flat.items()
-                     if not isinstance(v, (int, float)) or isinstance(v, bool)})
+    numeric = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    mlflow.log_metrics(numeric)
+    mlflow.set_tags({f"result.{k}": str(v)[:500] for k, v in flat.items() if k not in numeric})
     for path in artifacts:
         if path.is_dir():
             mlflow.log_artifacts(str(path), artifact_path=path.name)

@@ -8,6 +8,7 @@ import torch
 from tasks import plots, tracking
 from tasks.config import LoraTrainConfig
 from tasks.jsonl import write_json
+from tasks.modeling import use_bf16
 
 
 def trainer_args(cfg: LoraTrainConfig, out_dir: Path, seed: int) -> dict:
@@ -18,7 +19,7 @@ def trainer_args(cfg: LoraTrainConfig, out_dir: Path, seed: int) -> dict:
         output_dir=str(out_dir / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_batch_size, per_device_eval_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.grad_accum, logging_steps=cfg.logging_steps, lr_scheduler_type="cosine",
-        warmup_steps=max(1, cfg.max_steps // 10), max_length=cfg.max_length, seed=seed, bf16=on_gpu,
+        warmup_steps=max(1, cfg.max_steps // 10), max_length=cfg.max_length, seed=seed, bf16=use_bf16(),
         use_cpu=not on_gpu, save_strategy="no", dataloader_num_workers=0,
         report_to=["mlflow"] if tracking.active() else "none", disable_tqdm=False)
 

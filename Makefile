@@ -1,0 +1,23 @@
+.PHONY: setup pipeline repro test mlflow-ui prefect-server schedule
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+setup:            ## both environments (idempotent)
+	bash infra/setup.sh
+
+pipeline: setup   ## the whole pipeline on params.yaml through the Prefect flow (skips stages DVC says are up to date)
+	python -m flows.pipeline
+
+repro: setup      ## the same stages through DVC
+	dvc repro
+
+test: setup       ## the test suite
+	python -m pytest -q tests
+
+mlflow-ui:        ## browse runs, metrics, artifacts and the registry at http://127.0.0.1:5000
+	bash infra/mlflow_server.sh
+
+prefect-server:   ## optional Prefect UI at http://127.0.0.1:4200 (the flow runs without it)
+	prefect server start --host 127.0.0.1
+
+schedule: setup   ## stay up and run the flow nightly at 03:00
+	python -m flows.pipeline --serve "0 3 * * *"

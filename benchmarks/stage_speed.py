@@ -1,0 +1,74 @@
+"""Measured reasons behind two defaults, each against its baseline in the same run:
+
+1. CPU training precision: SFT steps with bf16 autocast (AMX) vs fp32, same data, same steps.
+2. Rejected-reply generation for the preference set: vLLM server (incl. its start-up) vs transformers `generate`.
+
+Run after the pipeline has built data/ (`make pipeline`):  .venv/bin/python -m benchmarks.stage_speed
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from tasks import training
+from tasks.config import DeployConfig, Paths, SftConfig, apply_runtime_env, load_config
+from tasks.jsonl import read_jsonl
+from tasks.modeling import load_model, load_tokenizer
+
+
+def sft_steps(bf16: bool, steps: int, tmp: Path) -> tuple[float, float]:
+    from tasks.sft import build_trainer
+
+    training.use_bf16 = lambda: bf16
+    trainer = build_trainer(SftConfig(max_steps=steps, max_length=256, eval_steps=10_000, logging_steps=1), 0,
+                            Paths.base_model, Paths.sft_train, Paths.sft_test, tmp)
+    t0 = time.perf_counter()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return (time.perf_counter() - t0) / steps, losses[-1]
+
+
+@torch.inference_mode()
+def generate_transformers(prompts: list[list[dict]], max_new_tokens: int, batch: int = 16) -> float:
+    tokenizer, model = load_tokenizer(Paths.base_model), load_model(Paths.base_model)
+    tokenizer.padding_side = "left"
+    t0 = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,
+                                            return_tensors="pt", return_dict=True)
+        model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7, top_p=0.9)
+    return time.perf_counter() - t0
+
+
+def generate_vllm(prompts: list[list[dict]], max_new_tokens: int, deploy_cfg: DeployConfig) -> float:
+    from tasks.deploy import VLLMServer
+
+    t0 = time.perf_counter()
+    with VLLMServer(deploy_cfg, Paths.base_model) as server:
+        server.chat_many(prompts, 8, max_tokens=max_new_tokens, temperature=0.7, top_p=0.9, seed=0)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    cfg = load_config()
+    apply_runtime_env(cfg)
+    tmp = Path(os.environ.get("BENCH_TMP", "/tmp/stage_speed"))
+    steps = int(os.environ.get("BENCH_STEPS", "6"))
+    fp32, bf16 = sft_steps(False, steps, tmp / "fp32"), sft_steps(True, steps, tmp / "bf16")
+    pairs = list(itertools.chain(read_jsonl(Paths.pref_train), read_jsonl(Paths.pref_test)))
+    prompts = [p["prompt"] for p in pairs]
+    hf = generate_transformers(prompts, cfg.datasets.max_new_tokens)
+    vllm = generate_vllm(prompts, cfg.datasets.max_new_tokens, cfg.deploy)
+    print(f"\n{'comparison':<46}{'baseline':>14}{'this project':>14}{'speed-up':>10}")
+    print(f"{f'SFT s/step ({steps} steps, batch 4, <=256 tok)':<46}{fp32[0]:>11.2f} s{bf16[0]:>11.2f} s"
+          f"{fp32[0] / bf16[0]:>9.2f}x   (fp32 -> bf16 autocast; last loss {fp32[1]:.3f} vs {bf16[1]:.3f})")
+    print(f"{f'rejected replies ({len(prompts)} prompts)':<46}{hf:>11.1f} s{vllm:>11.1f} s{hf / vllm:>9.2f}x   "
+          "(transformers generate -> vLLM incl. start-up)")
+
+
+if __name__ == "__main__":
+    main()

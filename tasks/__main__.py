@@ -1,0 +1,34 @@
+"""`python -m tasks STAGE [--params params.yaml]`: run one stage, as `dvc repro` does (see dvc.yaml)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from tasks.config import apply_runtime_env, load_config
+
+
+def main() -> None:
+    from tasks.stages import BY_NAME
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("stage", choices=list(BY_NAME))
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    cfg = load_config(args.params)
+    apply_runtime_env(cfg)
+
+    from tasks import tracking
+    from tasks.stages import run_stage
+
+    parent = tracking.start_pipeline(cfg, launcher="dvc")
+    try:
+        metrics = run_stage(cfg, BY_NAME[args.stage], parent)
+    except BaseException:
+        tracking.end_pipeline(parent, "FAILED")
+        raise
+    tracking.end_pipeline(parent)
+    print(json.dumps(metrics, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

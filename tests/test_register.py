@@ -1,0 +1,49 @@
+"""Gates decide the alias in a real MLflow registry (sqlite store, as the pipeline uses by default)."""
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks import tracking
+from tasks.config import GatesConfig, TrackingConfig
+from tasks.register import register
+
+GOOD = {"ppl": {"base": 10.0, "sft": 9.0, "dpo": 9.5, "quantized": 9.6}, "pref_accuracy": 0.8, "rouge_l": 0.2,
+        "serving": {"ttft_median_ms": 100, "tpot_median_ms": 30, "output_tok_s": 100, "requests_failed": 0,
+                    "concurrency": 4}}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracking.configure(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
+                                      artifact_root=str(tmp_path / "art"), experiment="t"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "deployment.json").write_text(json.dumps({"smoke_answer": "Paris."}))
+    return tmp_path
+
+
+def _register(store, metrics):
+    (store / "metrics.json").write_text(json.dumps(metrics))
+    with mlflow.start_run():
+        return register(GatesConfig(), "m", store / "model", store / "metrics.json", store / "deployment.json",
+                        store / "registration.json", store / "report.md")
+
+
+def test_champion_only_when_all_gates_pass(store):
+    assert _register(store, GOOD)["alias"] == "champion"
+    assert MlflowClient().get_model_version_by_alias("m", "champion").version == "1"
+    assert "all gates passed" in (store / "report.md").read_text()
+
+
+def test_failed_gate_gives_challenger_and_says_why(store):
+    worse = {**GOOD, "ppl": {**GOOD["ppl"], "dpo": 12.0, "quantized": 12.1}}   # DPO 20% worse than base
+    result = _register(store, worse)
+    assert result["alias"] == "challenger" and result["gates_failed"] == 1
+    assert MlflowClient().get_model_version_by_alias("m", "challenger").version == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        MlflowClient().get_model_version_by_alias("m", "champion")
+    assert "failed gates: DPO ppl vs base" in (store / "report.md").read_text()
