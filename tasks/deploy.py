@@ -104,9 +104,12 @@ class VLLMServer:
             self.proc.wait()
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
-        return http_json(f"{self.base_url}/v1/chat/completions", {
-            "model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-            **sampling})
+        try:
+            return http_json(f"{self.base_url}/v1/chat/completions", {
+                "model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+                **sampling})
+        except urllib.error.HTTPError as err:
+            raise ServerError(f"vLLM answered {err.code} {err.reason}; server log:\n{self.log_tail()}") from err
 
     def chat_many(self, conversations: list[list[dict]], concurrency: int, **kwargs) -> list[str]:
         """Replies to many conversations, `concurrency` in flight (vLLM batches them), in input order."""

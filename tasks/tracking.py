@@ -86,13 +86,16 @@ def _flatten(d, prefix: str = "") -> dict:
     return out
 
 
-def dvc_hashes(stage: str, lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
-    """md5 of each dep and out of a stage as DVC last recorded it (tags let a run be traced to its data)."""
-    if not lock_file.exists():
+def dvc_hashes(stage: str, dvc_file: Path = Path("dvc.yaml"), lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+    """md5 of each data input of a stage (of the upstream out holding it), as dvc.lock recorded it before this ran: the
+    run can be traced to the exact data it consumed (`dvc.lock` of the matching commit holds the same hashes)."""
+    if not (dvc_file.exists() and lock_file.exists()):
         return {}
-    stage_lock = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).get(stage, {})
-    return {f"dvc.{kind}.{e['path']}": e.get("md5", "") for kind in ("deps", "outs")
-            for e in stage_lock.get(kind, []) if "md5" in e}
+    deps = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {}).get(stage, {}).get("deps", [])
+    recorded = {out["path"]: out.get("md5", "") for entry in (yaml.safe_load(lock_file.read_text()) or {})
+                .get("stages", {}).values() for out in entry.get("outs", [])}
+    return {f"dvc.input.{dep}": md5 for dep in deps for path, md5 in recorded.items()
+            if dep == path or dep.startswith(path + "/")}
 
 
 def active() -> bool:
@@ -103,8 +106,6 @@ def active() -> bool:
 def stage_run(cfg: Config, stage: str, parent_id: str, sections: tuple[str, ...]) -> Iterator[str]:
     """A nested MLflow run for one stage, with its settings as params and git/DVC lineage as tags."""
     configure(cfg.tracking)
-    while mlflow.active_run() is not None and mlflow.active_run().info.run_id != parent_id:
-        mlflow.end_run()
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id) as run:
         mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **dvc_hashes(stage)})
         for section in sections:

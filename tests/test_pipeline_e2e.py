@@ -1,5 +1,6 @@
-"""The whole pipeline as a user runs it: the Prefect flow in a fresh project folder, then `dvc repro` finds nothing
-to do. A shrunken params.yaml keeps it to a few minutes; every stage is the real one (model, data, vLLM, MLflow)."""
+"""The whole pipeline as a user runs it, in a fresh project folder: a first flow run fails midway (no serving env),
+the fixed re-run resumes after the stages that finished, then `dvc repro` finds nothing to do. A shrunken
+params.yaml keeps it to a few minutes; every stage is the real one (model, data, vLLM, MLflow)."""
 import json
 import os
 import shutil
@@ -35,16 +36,26 @@ def project(tmp_path_factory):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in SMALL.items():
         params[section].update(values)
-    (proj / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, env=env, check=True)
-    run = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True)
+
+    def flow(deploy_python: str) -> subprocess.CompletedProcess:
+        params["deploy"]["python"] = deploy_python
+        (proj / "params.yaml").write_text(yaml.safe_dump(params))
+        return subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True,
+                              text=True)
+
+    failed = flow(str(proj / "no-such-env" / "python"))
+    assert failed.returncode != 0
+    assert "deploy.python" in failed.stdout + failed.stderr
+    assert (proj / "data/clean/report.json").exists() and not (proj / "data/datasets").exists()
+    run = flow(SMALL["deploy"]["python"])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    return proj, env
+    return proj, env, run.stdout + run.stderr
 
 
 def test_every_stage_ran_and_left_its_outputs(project):
-    proj, _ = project
+    proj, _, _ = project
     metrics = json.loads((proj / "data/eval/metrics.json").read_text())
     assert set(metrics["ppl"]) == {"base", "sft", "dpo", "quantized"}
     assert all(v > 1 for v in metrics["ppl"].values())
@@ -55,29 +66,48 @@ def test_every_stage_ran_and_left_its_outputs(project):
     assert "Run report" in (proj / "data/registry/report.md").read_text()
 
 
-def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
-    proj, _ = project
+def test_failed_run_resumes_after_the_stages_that_finished(project):
+    proj, _, log = project
     client = MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("finetune-pipeline")
-    parents = client.search_runs([exp.experiment_id], "tags.`pipeline.launcher` = 'prefect'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-    by_stage = {r.data.tags["stage"]: r for r in children}
-    assert list(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]) == sorted(
-        by_stage, key=lambda s: by_stage[s].info.start_time)
+    first, second = client.search_runs([exp.experiment_id], "tags.`pipeline.launcher` = 'prefect'",
+                                       order_by=["attributes.start_time ASC"])
+    assert (first.info.status, second.info.status) == ("FAILED", "FINISHED")
+
+    def stages(parent):
+        runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+        return [(r.data.tags["stage"], r.info.status) for r in runs]
+
+    assert stages(first) == [("base_model", "FINISHED"), ("ingest", "FINISHED"), ("clean", "FINISHED"),
+                             ("datasets", "FAILED")]
+    assert [s for s, _ in stages(second)] == list(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"])[3:]
+    assert "clean: up to date (dvc.lock), skipped" in log
+
+
+def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
+    proj, _, _ = project
+    client = MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("finetune-pipeline")
+    finished = client.search_runs([exp.experiment_id], "tags.stage != '' and attributes.status = 'FINISHED'")
+    by_stage = {r.data.tags["stage"]: r for r in finished}
+    assert set(by_stage) == set(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"])
     sft_run = by_stage["sft"].info.run_id
     assert len(client.get_metric_history(sft_run, "loss")) >= 2            # per-step training metrics
     assert "params.sft.max_steps" in by_stage["sft"].data.params
     assert by_stage["sft"].data.tags["git.commit"]
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    datasets_md5 = next(o["md5"] for o in lock["datasets"]["outs"] if o["path"] == "data/datasets")
+    assert by_stage["sft"].data.tags["dvc.input.data/datasets/sft_train.jsonl"] == datasets_md5   # data lineage
     assert {a.path for a in client.list_artifacts(by_stage["clean"].info.run_id)} >= {"report.md", "plots"}
-    assert any(a.path == "loss_curve.png" for a in client.list_artifacts(sft_run, "sft_adapter"))
+    assert "sft_adapter/loss_curve.png" in {a.path for a in client.list_artifacts(sft_run, "sft_adapter")}
     registration = json.loads((proj / "data/registry/registration.json").read_text())
     version = client.get_model_version_by_alias("smollm2-sharegpt", registration["alias"])
     assert version.run_id == by_stage["register"].info.run_id
 
 
 def test_dvc_repro_after_the_flow_has_nothing_to_do(project):
-    proj, env = project
+    proj, env, _ = project
     out = subprocess.run(["dvc", "repro"], cwd=proj, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Running stage" not in out.stdout
