@@ -46,8 +46,10 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
 
 
 def run_report(result: dict, metrics: dict, deployment: dict) -> str:
-    stage_times = {p.stem: json.loads(p.read_text()).get("duration_s")
-                   for p in sorted(Paths.stage_metrics.glob("*.json"))}
+    from tasks.stages import STAGES
+
+    timed = [(s.name, Paths.stage_metrics / f"{s.name}.json") for s in STAGES if s.name != "register"]
+    stage_times = {name: json.loads(path.read_text()).get("duration_s") for name, path in timed if path.exists()}
     clean = json.loads(Paths.clean_report.read_text()) if Paths.clean_report.exists() else {}
     lines = [f"# Run report: **{result['alias']}**", "", f"Verdict: {result['why']}.", ""]
     if "version" in result:
@@ -70,6 +72,7 @@ def run_report(result: dict, metrics: dict, deployment: dict) -> str:
                   + "; PII replaced: " + (", ".join(f"{k} {v}" for k, v in clean["pii_by_type"].items()) or "none")
                   + ".", ""]
     if stage_times:
-        lines += ["## Stage times", "", "| stage | seconds |", "|---|---:|"]
+        lines += ["## Stage times (last run of each)", "", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in stage_times.items()]
+        lines += [f"| **total** | {round(sum(v for v in stage_times.values() if v), 1)} |"]
     return "\n".join(lines) + "\n"
