@@ -57,7 +57,7 @@ def build_datasets(cfg: DatasetsConfig, deploy_cfg: DeployConfig, seed: int, bas
         messages = fitting_messages(row["messages"], tokenizer, cfg.max_tokens)
         if messages:
             split.append({"id": row["id"], "messages": messages})
-    if len(test) < cfg.sft_test_size + 1 or len(train) < cfg.pref_train_size:
+    if len(test) < cfg.sft_test_size + cfg.pref_test_size or len(train) < cfg.pref_train_size:
         raise ValueError(f"too few conversations fit datasets.max_tokens={cfg.max_tokens}: "
                          f"{len(train)} train, {len(test)} test")
 

@@ -35,7 +35,7 @@ def _register(store, metrics):
 
 def test_champion_only_when_all_gates_pass(store):
     assert _register(store, GOOD)["alias"] == "champion"
-    assert MlflowClient().get_model_version_by_alias("m", "champion").version == "1"
+    assert int(MlflowClient().get_model_version_by_alias("m", "champion").version) == 1
     assert "all gates passed" in (store / "report.md").read_text()
 
 
@@ -43,7 +43,7 @@ def test_failed_gate_gives_challenger_and_says_why(store):
     worse = {**GOOD, "ppl": {**GOOD["ppl"], "dpo": 12.0, "quantized": 12.1}}   # DPO 20% worse than base
     result = _register(store, worse)
     assert result["alias"] == "challenger" and result["gates_failed"] == 1
-    assert MlflowClient().get_model_version_by_alias("m", "challenger").version == "1"
+    assert int(MlflowClient().get_model_version_by_alias("m", "challenger").version) == 1
     with pytest.raises(mlflow.exceptions.MlflowException):
         MlflowClient().get_model_version_by_alias("m", "champion")
     assert "failed gates: DPO ppl vs base" in (store / "report.md").read_text()
