@@ -34,7 +34,9 @@ def configure(cfg: TrackingConfig) -> str:
     if experiment is None:
         artifacts = Path(cfg.artifact_root).resolve()
         artifacts.mkdir(parents=True, exist_ok=True)
-        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri())
+        # the UI then opens on runs, metrics and models (its fine-tuning view), not on GenAI traces
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri(),
+                                          tags={"mlflow.experimentKind": "finetuning"})
     else:
         exp_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
