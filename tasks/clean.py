@@ -1,4 +1,4 @@
-"""Stage 3: quality filters -> exact dedup -> MinHash near-dedup -> PII scrubbing, with an audit trail.
+"""Stage 3: quality filters -> exact dedup -> MinHash-LSH near-dedup -> PII scrubbing, with an audit trail.
 
 Order is cheapest-first so the costly steps see fewer rows; PII runs last on survivors only. Every dropped row and
 every modified row is written to the audit file with its stage and reason (ids and counts only, never raw text), and
@@ -15,6 +15,7 @@ from tqdm import tqdm
 from tasks import dedup, plots
 from tasks.config import CleanConfig, Paths
 from tasks.jsonl import atomic_writer, read_jsonl, write_json, write_jsonl
+from tasks.minhash import find_near_duplicates
 from tasks.pii import Scrubber
 from tasks.quality import quality_reason
 
@@ -52,13 +53,12 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
                 first_seen[fp] = row["id"]
                 unique.append(row)
 
-        near, candidate_sims = dedup.near_duplicates(
-            [conversation_text(r["messages"]) for r in unique], cfg.near_dedup_threshold, cfg.num_perm,
-            cfg.shingle_words)
-        near_idx = {d.index for d in near}
-        for d in near:
-            drop(unique[d.index], "near_dedup", "near_duplicate", duplicate_of=unique[d.kept]["id"],
-                 jaccard=round(d.jaccard, 4))
+        near = find_near_duplicates([conversation_text(r["messages"]) for r in unique], cfg.near_dedup_threshold,
+                                    cfg.num_perm, cfg.shingle_words)
+        for index, kept_index, sim in near.drop:
+            drop(unique[index], "near_dedup", "near_duplicate", duplicate_of=unique[kept_index]["id"],
+                 jaccard=round(sim, 4))
+        near_idx = {index for index, _, _ in near.drop}
         kept = [r for i, r in enumerate(unique) if i not in near_idx]
 
         scrubber, pii_counts, rows_scrubbed = Scrubber(cfg.pii, cfg.phone_regions), Counter(), 0
@@ -76,13 +76,12 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
 
     counts = {"rows_in": len(rows), "rows_kept": len(kept), "rows_dropped": sum(dropped.values()),
               "dropped_by_reason": dict(dropped), "rows_pii_scrubbed": rows_scrubbed,
-              "pii_by_type": dict(pii_counts), "near_dup_candidate_pairs": len(candidate_sims),
-              "near_dup_clusters_dropped_rows": len(near)}
+              "pii_by_type": dict(pii_counts), "near_dup_candidate_pairs": len(near.candidate_jaccards)}
     if counts["rows_in"] != counts["rows_kept"] + counts["rows_dropped"]:
         raise AssertionError(f"clean counts do not reconcile: {counts}")
     write_json(report, counts)
-    plots.histogram(candidate_sims, plots_dir / "jaccard_candidates.png", "Verified Jaccard of LSH candidate pairs",
-                    "Jaccard similarity", cfg.near_dedup_threshold)
+    plots.histogram(near.candidate_jaccards, plots_dir / "jaccard_candidates.png",
+                    "Verified Jaccard of LSH candidate pairs", "Jaccard similarity", cfg.near_dedup_threshold)
     plots.bars(dict(pii_counts), plots_dir / "pii_by_type.png", "PII replaced, by type")
     report_md.write_text(_markdown(counts))
     return counts

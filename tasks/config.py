@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
@@ -48,6 +48,13 @@ class CleanConfig(_Section):
     near_dedup_threshold: float = Field(0.8, gt=0, le=1)
     num_perm: int = 128
     shingle_words: int = Field(5, ge=1)
+
+    @field_validator("num_perm")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 2 or value & (value - 1):
+            raise ValueError("num_perm must be a power of two (one-permutation MinHash uses it as its bin count)")
+        return value
     pii: list[Literal["email", "phone", "ip_address", "credit_card", "cn_resident_id"]] = [
         "email", "phone", "ip_address", "credit_card", "cn_resident_id"]
     phone_regions: list[str] = ["US", "GB", "DE", "FR", "IN", "CN"]

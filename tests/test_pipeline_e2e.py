@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 SMALL = {
     "ingest": {"max_records": 1000},
-    "datasets": {"max_tokens": 160, "test_fraction": 0.2, "sft_train_size": 16, "sft_test_size": 8, "pref_train_size": 8,
-                 "pref_test_size": 8, "max_new_tokens": 24},
+    "datasets": {"max_tokens": 160, "test_fraction": 0.2, "sft_train_size": 16, "sft_test_size": 8,
+                 "pref_train_size": 8, "pref_test_size": 8, "max_new_tokens": 24},
     "sft": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "eval_steps": 2, "logging_steps": 1},
     "dpo": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "logging_steps": 1},
     "deploy": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},
