@@ -14,15 +14,19 @@ per-document overhead. Here:
 from __future__ import annotations
 
 import itertools
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from datasketch.lsh import _optimal_param
+from datasketch.lsh import _optimal_param  # datasketch's (bands, rows) choice, so both sides band the same way
 from tqdm import tqdm
 
 _PRIME = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit multiplier for the rolling n-gram hash
+_P_INV = np.uint64(pow(int(_PRIME), -1, 2**64))   # odd, so invertible modulo 2^64
+# Han, kana, hangul, CJK punctuation and fullwidth forms: written without spaces, so each character is a token
+_CJK = re.compile(r"([\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef])")
 _MIX = np.uint64(0xBF58476D1CE4E5B9)     # splitmix64 constants: spread bits before taking bins
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
@@ -35,11 +39,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-_P_INV = np.uint64(pow(int(_PRIME), -1, 2**64))   # odd, so invertible modulo 2^64
-
 
 def _powers(base: np.uint64, n: int) -> np.ndarray:
-    """base^0 .. base^(n-1) mod 2^64, by doubling (numpy's cumprod on uint64 is ~10x slower)."""
+    """base^0 .. base^(n-1) mod 2^64, by doubling: log2(n) vectorised multiplies."""
     out = np.ones(1, dtype=np.uint64)
     step = base
     with np.errstate(over="ignore"):
@@ -67,9 +69,17 @@ class ShingleHasher:
             size = 1 << (n - 1).bit_length()
             self.pow, self.pow_inv = _powers(_PRIME, size), _powers(_P_INV, size)
 
+    @staticmethod
+    def _prepare(text: str) -> bytes:
+        if text.isascii():
+            return text.encode()
+        return _CJK.sub(r" \1 ", unicodedata.normalize("NFKC", text).casefold()).encode()
+
     def word_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(hash of every word of every document, in order; number of words per document)."""
-        encoded = [(t if t.isascii() else unicodedata.normalize("NFKC", t).casefold()).encode() for t in texts]
+        """(hash of every token of every document, in order; number of tokens per document). A token is a
+        whitespace-separated word, or a single CJK character: n-grams of tokens are character n-grams in Chinese,
+        Japanese or Korean text and word n-grams elsewhere, chosen per document (and per span in mixed text)."""
+        encoded = [self._prepare(t) for t in texts]
         doc_start = 1 + np.r_[0, np.cumsum([len(e) + 1 for e in encoded])][:-1]
         data = np.frombuffer((b" " + b" ".join(encoded) + b" ").lower(), dtype=np.uint8)
         self._grow(len(data))

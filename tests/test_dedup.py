@@ -68,3 +68,18 @@ def test_shingles_ignore_case_width_and_whitespace_and_keep_short_documents():
 def test_num_perm_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         CleanConfig(num_perm=100)
+
+
+def test_cjk_near_duplicates_are_caught_by_character_shingles():
+    base = ("今天天气很好，我们一起去公园散步吧。公园里有很多人在跑步、打太极拳，还有小朋友在放风筝。"
+            "我们走到湖边，看见几只白鹅在水里游来游去。中午我们在草地上野餐，吃了三明治和水果。"
+            "下午我们去了附近的博物馆，参观了关于古代丝绸之路的展览，学到了很多历史知识。")
+    near = base.replace("三明治", "饺子")          # a small edit: high Jaccard of character 5-grams
+    other = ("机器学习是人工智能的一个分支，它让计算机能够从数据中学习规律，而不需要明确的编程。"
+             "常见的方法包括监督学习、无监督学习和强化学习，每种方法都有各自适合的应用场景。")
+    japanese = ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
+                "何でも薄暗いじめじめした所で泣いていた事だけは記憶している。")
+    result = find_near_duplicates([base, other, near, japanese, japanese.replace("猫", "犬")], 0.7, 128, 5)
+    dropped = {index for index, _, _ in result.drop}
+    assert len(dropped & {0, 2}) == 1 and len(dropped & {3, 4}) == 1 and 1 not in dropped
+    assert len(ShingleHasher(5)(base)) > 100      # characters, not one giant "word"
