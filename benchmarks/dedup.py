@@ -34,7 +34,7 @@ def corpus(docs: int, planted: int, seed: int = 0) -> tuple[list[str], list[tupl
         if len(windows) >= docs - planted:
             break
     texts = windows[:docs - planted]
-    vocab = list({w for t in texts[:2000] for w in t.split()})
+    vocab = sorted({w for t in texts[:2000] for w in t.split()})
     pairs = []
     for src in rng.sample(range(len(texts)), planted):
         words = texts[src].split()

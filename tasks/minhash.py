@@ -8,7 +8,7 @@ per-document overhead. Here:
   shingle is hashed once, its hash picks a bin and a value, each bin keeps its minimum, and empty bins borrow from a
   fixed probe sequence. Two documents agree on a bin with probability equal to their Jaccard similarity, as with
   classic MinHash, at O(shingles) cost, for all documents of a chunk in a few numpy calls;
-- banding uses datasketch's own optimal (bands, rows) for the threshold, and buckets are found by sorting;
+- banding uses datasketch's (bands, rows) optimiser, weighted towards recall, and buckets are found by sorting;
 - every LSH candidate pair is verified by exact Jaccard on the shingle sets before it counts.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from datasketch.lsh import _optimal_param  # datasketch's (bands, rows) choice, so both sides band the same way
+from datasketch.lsh import _optimal_param  # the field's (bands, rows) optimiser
 from tqdm import tqdm
 
 _PRIME = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit multiplier for the rolling n-gram hash
@@ -41,13 +41,14 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _powers(base: np.uint64, n: int) -> np.ndarray:
-    """base^0 .. base^(n-1) mod 2^64, by doubling: log2(n) vectorised multiplies."""
-    out = np.ones(1, dtype=np.uint64)
-    step = base
+    """base^0 .. base^(n-1) mod 2^64, by doubling in place: log2(n) vectorised multiplies, one allocation."""
+    out = np.empty(max(n, 1), dtype=np.uint64)
+    out[0], filled, step = 1, 1, base
     with np.errstate(over="ignore"):
-        while len(out) < n:
-            out = np.concatenate([out, out * step])
-            step = step * step
+        while filled < n:
+            take = min(filled, n - filled)
+            np.multiply(out[:take], step, out=out[filled:filled + take])
+            filled, step = filled + take, step * step
     return out[:n]
 
 
@@ -73,7 +74,10 @@ class ShingleHasher:
     def _prepare(text: str) -> bytes:
         if text.isascii():
             return text.encode()
-        return _CJK.sub(r" \1 ", unicodedata.normalize("NFKC", text).casefold()).encode()
+        text = unicodedata.normalize("NFKC", text).casefold()
+        if max(text) >= "\u3000":                 # cheap C-level gate before the regex pass
+            text = _CJK.sub(r" \1 ", text)
+        return text.encode()
 
     def word_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(hash of every token of every document, in order; number of tokens per document). A token is a
@@ -151,8 +155,10 @@ def signatures(flat: np.ndarray, offsets: np.ndarray, num_perm: int) -> np.ndarr
 
 
 def bands_for(threshold: float, num_perm: int) -> tuple[int, int]:
-    """datasketch's choice of (bands, rows) minimising false positives + false negatives at `threshold`."""
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    """datasketch's (bands, rows) optimiser, weighted 0.2 false positives / 0.8 false negatives: every candidate is
+    verified by exact Jaccard (cheap), so extra candidates cost little while a missed pair is a kept duplicate.
+    At 0.8 with 128 bins: 12 x 10 (finds a J=0.8 pair 74% of the time) instead of the even weighting's 9 x 13 (40%)."""
+    return _optimal_param(threshold, num_perm, 0.2, 0.8)
 
 
 def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = 64) -> set[tuple[int, int]]:
