@@ -44,17 +44,18 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
                 survivors.append(row)
 
         first_seen: dict[str, str] = {}
-        unique = []
+        unique, texts = [], []
         for row in survivors:
-            fp = dedup.fingerprint(conversation_text(row["messages"]))
+            text = conversation_text(row["messages"])
+            fp = dedup.fingerprint(text)
             if fp in first_seen:
                 drop(row, "exact_dedup", "exact_duplicate", duplicate_of=first_seen[fp])
             else:
                 first_seen[fp] = row["id"]
                 unique.append(row)
+                texts.append(text)
 
-        near = find_near_duplicates([conversation_text(r["messages"]) for r in unique], cfg.near_dedup_threshold,
-                                    cfg.num_perm, cfg.shingle_words)
+        near = find_near_duplicates(texts, cfg.near_dedup_threshold, cfg.num_perm, cfg.shingle_words)
         for index, kept_index, sim in near.drop:
             drop(unique[index], "near_dedup", "near_duplicate", duplicate_of=unique[kept_index]["id"],
                  jaccard=round(sim, 4))

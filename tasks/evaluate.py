@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rouge_score import rouge_scorer
@@ -19,7 +18,7 @@ from tasks import plots
 from tasks.config import DeployConfig, EvaluateConfig, Paths
 from tasks.deploy import SERVED_NAME, VLLMServer
 from tasks.jsonl import read_jsonl, write_json, write_jsonl
-from tasks.modeling import load_model, load_tokenizer, perplexity, preference_accuracy
+from tasks.modeling import load_model, load_tokenizer, perplexity, preference_accuracy, split_last_reply
 
 
 def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, quantized: Path, sft_test: Path,
@@ -38,15 +37,12 @@ def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, quantized: P
 
 def served_answers(server: VLLMServer, conversations: list[dict], cfg: EvaluateConfig) -> list[dict]:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-    def answer(conv: dict) -> dict:
-        prompt, reference = conv["messages"][:-1], conv["messages"][-1]["content"]
-        reply = server.chat(prompt, max_tokens=cfg.max_tokens)["choices"][0]["message"]["content"]
-        return {"id": conv["id"], "answer": reply, "reference": reference,
-                "rouge_l": round(scorer.score(reference, reply)["rougeL"].fmeasure, 4)}
-
-    with ThreadPoolExecutor(cfg.concurrency) as pool:
-        return list(pool.map(answer, conversations[:cfg.eval_size]))
+    convs = conversations[:cfg.eval_size]
+    splits = [split_last_reply(c["messages"]) for c in convs]
+    replies = server.chat_many([prompt for prompt, _ in splits], cfg.concurrency, max_tokens=cfg.max_tokens)
+    return [{"id": c["id"], "answer": reply, "reference": ref[0]["content"],
+             "rouge_l": round(scorer.score(ref[0]["content"], reply)["rougeL"].fmeasure, 4)}
+            for c, (_, ref), reply in zip(convs, splits, replies)]
 
 
 def load_test(server: VLLMServer, cfg: EvaluateConfig, tokenizer_dir: Path, out: Path) -> dict:
