@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,11 @@ from datasketch.lsh import _optimal_param  # the field's (bands, rows) optimiser
 from tqdm import tqdm
 
 _PRIME = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit multiplier for the rolling n-gram hash
-_P_INV = np.uint64(pow(int(_PRIME), -1, 2**64))   # odd, so invertible modulo 2^64
+# Words hash to 32 bits (half the memory traffic of 64, the hot loop here): among 10^6 distinct words about 100
+# pairs collide, and a collision only matters where both words sit at the same place in two n-grams. Odd, so
+# invertible modulo 2^32.
+_WORD_PRIME = np.uint32(0x9E3779B1)
+_WORD_P_INV = np.uint32(pow(int(_WORD_PRIME), -1, 2**32))
 # Han, kana, hangul, CJK punctuation and fullwidth forms: written without spaces, so each character is a token
 _CJK = re.compile(r"([\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef])")
 _MIX = np.uint64(0xBF58476D1CE4E5B9)     # splitmix64 constants: spread bits before taking bins
@@ -40,9 +44,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 
-def _powers(base: np.uint64, n: int) -> np.ndarray:
-    """base^0 .. base^(n-1) mod 2^64, by doubling in place: log2(n) vectorised multiplies, one allocation."""
-    out = np.empty(max(n, 1), dtype=np.uint64)
+def _powers(base: np.uint32, n: int) -> np.ndarray:
+    """base^0 .. base^(n-1) mod 2^32, by doubling in place: log2(n) vectorised multiplies, one allocation."""
+    out = np.empty(max(n, 1), dtype=np.uint32)
     out[0], filled, step = 1, 1, base
     with np.errstate(over="ignore"):
         while filled < n:
@@ -63,12 +67,12 @@ class ShingleHasher:
     """
 
     def __init__(self, n: int):
-        self.n, self.pow, self.pow_inv = n, _powers(_PRIME, 1), _powers(_P_INV, 1)
+        self.n, self.pow, self.pow_inv = n, _powers(_WORD_PRIME, 1), _powers(_WORD_P_INV, 1)
 
     def _grow(self, n: int) -> None:
         if len(self.pow) < n:                      # powers are computed once and reused by every chunk
             size = 1 << (n - 1).bit_length()
-            self.pow, self.pow_inv = _powers(_PRIME, size), _powers(_P_INV, size)
+            self.pow, self.pow_inv = _powers(_WORD_PRIME, size), _powers(_WORD_P_INV, size)
 
     @staticmethod
     def _prepare(text: str) -> bytes:
@@ -84,17 +88,17 @@ class ShingleHasher:
         whitespace-separated word, or a single CJK character: n-grams of tokens are character n-grams in Chinese,
         Japanese or Korean text and word n-grams elsewhere, chosen per document (and per span in mixed text)."""
         encoded = [self._prepare(t) for t in texts]
-        doc_start = 1 + np.r_[0, np.cumsum([len(e) + 1 for e in encoded])][:-1]
+        doc_bounds = np.r_[0, np.cumsum([len(e) + 1 for e in encoded])]
         data = np.frombuffer((b" " + b" ".join(encoded) + b" ").lower(), dtype=np.uint8)
         self._grow(len(data))
-        space = data <= 32
-        starts = np.flatnonzero(space[:-1] & ~space[1:]) + 1
-        ends = np.flatnonzero(~space[:-1] & space[1:]) + 1
+        space = data <= 32                        # data starts and ends with a space: edges alternate start, end
+        edges = np.flatnonzero(space[:-1] != space[1:]) + 1
+        starts, ends = edges[0::2], edges[1::2]
         with np.errstate(over="ignore"):          # word bytes are > 0x20, so no byte hashes as zero
-            prefix = np.zeros(len(data) + 1, dtype=np.uint64)
-            np.cumsum(data * self.pow_inv[:len(data)], dtype=np.uint64, out=prefix[1:])
-            ids = self.pow[ends - 1] * (prefix[ends] - prefix[starts])
-        counts = np.bincount(np.searchsorted(doc_start, starts, side="right") - 1, minlength=len(texts))
+            prefix = np.zeros(len(data) + 1, dtype=np.uint32)
+            np.cumsum(data * self.pow_inv[:len(data)], dtype=np.uint32, out=prefix[1:])
+            ids = (self.pow[ends - 1] * (prefix[ends] - prefix[starts])).astype(np.uint64)
+        counts = np.diff(np.searchsorted(starts, doc_bounds))
         return ids, counts
 
     def chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,14 +201,66 @@ def byte_chunks(texts: Sequence[str], max_chars: int = 1 << 21) -> list[tuple[in
     return ranges
 
 
+def chunk_signatures(texts: Sequence[str], hasher: ShingleHasher, num_perm: int) -> np.ndarray:
+    """Signatures of many documents, hashed a byte-bounded chunk at a time."""
+    sigs = [signatures(*hasher.chunk(texts[start:end]), num_perm) for start, end in byte_chunks(texts)]
+    return np.concatenate(sigs) if sigs else np.zeros((0, num_perm), np.uint32)
+
+
+def shingle_sets(texts: Sequence[str], hasher: ShingleHasher) -> list[np.ndarray]:
+    """The sorted unique shingle hashes of each document: the sets that exact Jaccard compares."""
+    sets = []
+    for start, end in byte_chunks(texts):
+        flat, offsets = hasher.chunk(texts[start:end])
+        sets += [np.unique(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+    return sets
+
+
 @dataclass
 class NearDupResult:
     drop: list[tuple[int, int, float]]   # (dropped index, kept index, verified Jaccard that linked it)
     candidate_jaccards: list[float]      # every LSH candidate's verified Jaccard, for the report's histogram
+    cluster_sizes: list[int]             # size of every cluster of two or more near-duplicates
+
+
+def verify_and_cluster(pairs: set[tuple[int, int]], shingle_set: Callable[[int], np.ndarray], threshold: float,
+                       keep_key: Callable[[int], tuple]) -> NearDupResult:
+    """Exact Jaccard on every candidate pair, union-find over the pairs at or above `threshold`, and in each cluster
+    keep the member with the largest `keep_key` (the policy: longest, first, ...)."""
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        parent.setdefault(i, i)
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    sims, link = [], {}
+    for a, b in sorted(pairs):
+        sa, sb = shingle_set(a), shingle_set(b)
+        inter = np.intersect1d(sa, sb, assume_unique=True).size
+        sim = inter / (sa.size + sb.size - inter)
+        sims.append(sim)
+        if sim >= threshold:
+            parent[root(b)] = root(a)
+            link[a], link[b] = max(link.get(a, 0.0), sim), max(link.get(b, 0.0), sim)
+    clusters: dict[int, list[int]] = {}
+    for i in list(parent):
+        clusters.setdefault(root(i), []).append(i)
+    drop, sizes = [], []
+    for members in clusters.values():
+        if len(members) > 1:
+            keep = max(members, key=keep_key)
+            sizes.append(len(members))
+            drop += [(k, keep, link[k]) for k in members if k != keep]
+    return NearDupResult(sorted(drop), sims, sizes)
 
 
 def find_near_duplicates(texts: Sequence[str], threshold: float, num_perm: int = 128,
                          n: int = 5) -> NearDupResult:
+    """In memory, for texts that fit: keeps each chunk's shingle hashes so candidates are not hashed twice.
+    The clean stage streams instead (tasks/clean.py) and re-hashes only the candidates."""
     hasher, flats, sigs = ShingleHasher(n), [], []
     ranges = byte_chunks(texts)
     for start, end in tqdm(ranges, desc="minhash", unit="chunk"):
@@ -213,37 +269,14 @@ def find_near_duplicates(texts: Sequence[str], threshold: float, num_perm: int =
         sigs.append(signatures(flat, offsets, num_perm))
     sig = np.concatenate(sigs) if sigs else np.zeros((0, num_perm), np.uint32)
     chunk_of = np.repeat(np.arange(len(ranges)), [end - start for start, end in ranges])
+    cache: dict[int, np.ndarray] = {}
 
     def shingle_set(d: int) -> np.ndarray:
-        c = chunk_of[d]
-        flat, offsets = flats[c]
-        local = d - ranges[c][0]
-        return np.unique(flat[offsets[local]:offsets[local + 1]])
+        if d not in cache:
+            flat, offsets = flats[chunk_of[d]]
+            local = d - ranges[chunk_of[d]][0]
+            cache[d] = np.unique(flat[offsets[local]:offsets[local + 1]])
+        return cache[d]
 
-    parent = list(range(len(texts)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    sims, link, cache = [], {}, {}
-    for a, b in sorted(candidate_pairs(sig, *bands_for(threshold, num_perm))):
-        sa = cache[a] if a in cache else cache.setdefault(a, shingle_set(a))
-        sb = cache[b] if b in cache else cache.setdefault(b, shingle_set(b))
-        inter = np.intersect1d(sa, sb, assume_unique=True).size
-        sim = inter / (sa.size + sb.size - inter)
-        sims.append(sim)
-        if sim >= threshold:
-            parent[root(b)] = root(a)
-            link[a], link[b] = max(link.get(a, 0.0), sim), max(link.get(b, 0.0), sim)
-    clusters: dict[int, list[int]] = {}
-    for i in range(len(texts)):
-        clusters.setdefault(root(i), []).append(i)
-    drop = []
-    for members in clusters.values():
-        if len(members) > 1:
-            keep = max(members, key=lambda k: (len(texts[k]), -k))
-            drop += [(k, keep, link.get(k, threshold)) for k in members if k != keep]
-    return NearDupResult(sorted(drop), sims)
+    pairs = candidate_pairs(sig, *bands_for(threshold, num_perm))
+    return verify_and_cluster(pairs, shingle_set, threshold, lambda k: (len(texts[k]), -k))
