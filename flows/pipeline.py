@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import Config, Paths, apply_runtime_env, load_config
+from tasks.config import Config, apply_runtime_env, load_config
 
 
 def _dvc_repo():
@@ -52,13 +52,15 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False) -> 
             results[stage.name] = task_run(stage.name, cfg, parent)
             if repo is not None:
                 repo.commit(stage.name, force=True)
+            if stage.report and stage.report.exists():
+                text = stage.report.read_text()
+                create_markdown_artifact(text, key=f"{stage.name.replace('_', '-')}-report",
+                                         description=f"{stage.name} report ({stage.report})")
+                log.info("%s report (%s):\n%s", stage.name, stage.report, text)
     except BaseException:
         tracking.end_pipeline(parent, "FAILED")
         raise
     tracking.end_pipeline(parent)
-    if Paths.run_report.exists():
-        create_markdown_artifact(Paths.run_report.read_text(), key="run-report", description="pipeline run report")
-        log.info("run report (%s):\n%s", Paths.run_report, Paths.run_report.read_text())
     return results
 
 

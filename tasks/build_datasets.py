@@ -9,7 +9,6 @@ A user-supplied preference file replaces the pairs (data/datasets/pref_*.jsonl).
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
@@ -19,10 +18,7 @@ from tasks.config import DatasetsConfig, DeployConfig, Paths
 from tasks.deploy import VLLMServer
 from tasks.jsonl import read_jsonl, write_jsonl
 from tasks.modeling import load_tokenizer
-
-
-def in_test_split(conv_id: str, fraction: float) -> bool:
-    return int(hashlib.sha1(conv_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+from tasks.split import in_test_split
 
 
 def fitting_messages(messages: list[dict], tokenizer, max_tokens: int) -> list[dict] | None:

@@ -41,13 +41,29 @@ class IngestConfig(_Section):
     max_records: int = Field(0, ge=0)
 
 
-class CleanConfig(_Section):
-    min_chars: int = 20
+class QualityConfig(_Section):
+    """Per-conversation filters (tasks/quality.py), Gopher/C4-style; thresholds tuned on chat data, not web pages."""
+    min_chars: int = 20                      # whole conversation, after whitespace normalisation
     max_chars: int = 20000
     require_assistant: bool = True
-    near_dedup_threshold: float = Field(0.8, gt=0, le=1)
+    trim_leading_replies: bool = True        # start a chunk that opens mid-answer at its first user turn (audited)
+    # Gopher statistics, per assistant reply with code blocks removed (replies under 50 words are not judged). Gopher's
+    # web-page thresholds drop 25% of ShareGPT (lists, tables, songs people asked for); these drop loops and garble.
+    max_symbol_word_ratio: float = 1.0       # ('#' + '...') per word, headings excluded (Gopher: 0.1)
+    max_duplicate_line_fraction: float = 0.5  # characters in lines that repeat an earlier line (Gopher: 0.3)
+    max_top_2gram_fraction: float = 0.5      # characters covered by the most frequent word 2-gram (Gopher: 0.2)
+    max_duplicate_5gram_fraction: float = 0.6  # characters in repeated word 5-grams (Gopher: 0.15)
+    min_mean_word_length: float = 1.5        # Gopher: 3; maths, chess notation and number tables sit below 3
+    max_mean_word_length: float = 10.0
+    languages: list[str] = []                # ISO 639-1 codes to keep (py3langid); empty keeps every language
+    min_language_score: float = 0.3          # probability of the detected language below which a row is dropped
+
+
+class NearDedupConfig(_Section):
+    threshold: float = Field(0.8, gt=0, le=1)
     num_perm: int = 128
-    shingle_words: int = Field(5, ge=1)
+    shingle_words: int = Field(5, ge=1)      # word n-grams; CJK spans use character n-grams of the same n
+    keep: Literal["longest", "first"] = "longest"   # which member of a duplicate cluster survives
 
     @field_validator("num_perm")
     @classmethod
@@ -55,9 +71,40 @@ class CleanConfig(_Section):
         if value < 2 or value & (value - 1):
             raise ValueError("num_perm must be a power of two (one-permutation MinHash uses it as its bin count)")
         return value
-    pii: list[Literal["email", "phone", "ip_address", "credit_card", "cn_resident_id"]] = [
-        "email", "phone", "ip_address", "credit_card", "cn_resident_id"]
-    phone_regions: list[str] = ["US", "GB", "DE", "FR", "IN", "CN"]
+
+
+class DecontaminationConfig(_Section):
+    """Drop training rows that contain an evaluation example's n-grams (tasks/decontaminate.py)."""
+    ngram: int = Field(13, ge=1)             # word n-grams, as in GPT-3's contamination study
+    min_containment: float = Field(0.5, gt=0, le=1)   # fraction of an eval example's n-grams found in the row
+    held_out: bool = True                    # the pipeline's own test split (datasets.test_fraction) is an eval set
+    eval_sets: list[str] = []                # more JSONL files (`messages` or `text` per line) to protect
+
+
+PiiType = Literal["email", "phone", "ip_address", "credit_card", "iban", "us_ssn", "cn_resident_id", "secret",
+                  "url_credentials"]
+
+
+class PiiConfig(_Section):
+    types: list[PiiType] = list(PiiType.__args__)
+    phone_regions: list[str] = ["US", "GB", "DE", "FR", "IN", "CN"]   # tried for numbers without a +country prefix
+    ner_model: str | None = None             # an installed spaCy model for presidio NER (names, places); None: off
+
+
+class ExecutorConfig(_Section):
+    """Where the per-chunk work (filters, fingerprints, signatures, PII) runs; the global steps run in the driver."""
+    kind: Literal["local", "dask"] = "local"
+    workers: int = Field(2, ge=1)            # processes here (local), or LocalCluster workers (dask, no address)
+    address: str | None = None               # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
+    chunk_mb: float = Field(8.0, gt=0)       # input bytes per task: bounds memory, the corpus is streamed
+
+
+class CleanConfig(_Section):
+    quality: QualityConfig = QualityConfig()
+    near_dedup: NearDedupConfig = NearDedupConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
+    pii: PiiConfig = PiiConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
 
 class DatasetsConfig(_Section):

@@ -15,6 +15,26 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+def byte_ranges(path: str | Path, chunk_bytes: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges that cover the file; a line belongs to the range its first byte falls in, so
+    ranges can be read independently (by different processes or machines) without a pass to find line ends."""
+    size = os.path.getsize(path)
+    return [(start, min(start + chunk_bytes, size)) for start in range(0, size, chunk_bytes)]
+
+
+def read_jsonl_range(path: str | Path, start: int, end: int) -> Iterator[dict]:
+    with open(path, "rb") as f:
+        if start:
+            f.seek(start - 1)
+            f.readline()              # the line straddling `start` belongs to the previous range
+        while f.tell() < end:
+            line = f.readline()
+            if not line:
+                break
+            if line.strip():
+                yield json.loads(line)
+
+
 @contextmanager
 def atomic_writer(path: str | Path, mode: str = "w"):
     path = Path(path)

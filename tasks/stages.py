@@ -22,6 +22,7 @@ class Stage:
     sections: tuple[str, ...]                         # config sections it reads: MLflow params, DVC params
     artifacts: tuple[Path, ...] = field(default=())   # small outputs worth seeing in the MLflow UI
     retries: int = 0                                  # where a retry helps (a server that failed to start)
+    report: Path | None = None                        # its human-readable markdown, shown as a Prefect artifact
 
 
 def _base_model(cfg):
@@ -36,7 +37,7 @@ def _ingest(cfg):
 
 def _clean(cfg):
     from tasks.clean import clean
-    return clean(cfg.clean)
+    return clean(cfg.clean, held_out_fraction=cfg.datasets.test_fraction)
 
 
 def _datasets(cfg):
@@ -77,14 +78,15 @@ def _register(cfg):
 STAGES = [
     Stage("base_model", _base_model, ("base_model",), (Paths.base_model / "config.json",)),
     Stage("ingest", _ingest, ("ingest",), (Paths.ingest_report,)),
-    Stage("clean", _clean, ("clean",), (Paths.clean_report, Paths.clean_report_md, Paths.clean_plots)),
+    Stage("clean", _clean, ("clean",), (Paths.clean_report, Paths.clean_report_md, Paths.clean_plots),
+          report=Paths.clean_report_md),
     Stage("datasets", _datasets, ("datasets", "runtime", "deploy"), (Paths.sft_test, Paths.pref_test)),
     Stage("sft", _sft, ("sft",), (Paths.sft_adapter,)),
     Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,)),
     Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json",)),
     Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1),
     Stage("evaluate", _evaluate, ("evaluate",), (Paths.eval_dir,), retries=1),
-    Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report)),
+    Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report), report=Paths.run_report),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from tasks.config import CleanConfig
+from tasks.config import NearDedupConfig
 from tasks.dedup import fingerprint
 from tasks.minhash import ShingleHasher, find_near_duplicates, signatures
 
@@ -67,7 +67,7 @@ def test_shingles_ignore_case_width_and_whitespace_and_keep_short_documents():
 
 def test_num_perm_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
-        CleanConfig(num_perm=100)
+        NearDedupConfig(num_perm=100)
 
 
 def test_cjk_near_duplicates_are_caught_by_character_shingles():

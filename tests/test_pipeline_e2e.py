@@ -4,6 +4,7 @@ params.yaml keeps it to a few minutes; every stage is the real one (model, data,
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 
@@ -104,6 +105,17 @@ def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
     registration = json.loads((proj / "data/registry/registration.json").read_text())
     version = client.get_model_version_by_alias("smollm2-sharegpt", registration["alias"])
     assert version.run_id == by_stage["register"].info.run_id
+
+
+def test_stage_reports_are_prefect_artifacts(project):
+    """The cleaning report and the run report show in the Prefect UI's Artifacts tab. Read from Prefect's own store:
+    in 3.8.8 the artifact CLI and the client's artifact filter fail with a 422 against the ephemeral server."""
+    proj, _, _ = project
+    with sqlite3.connect(proj / ".prefect" / "prefect.db") as db:
+        artifacts = {key: json.loads(data) for key, data in db.execute("select key, data from artifact")}
+    assert artifacts["clean-report"].startswith("# Cleaning report")
+    assert "rows in: **" in artifacts["clean-report"]
+    assert artifacts["register-report"].startswith("# Run report")
 
 
 def test_dvc_repro_after_the_flow_has_nothing_to_do(project):
