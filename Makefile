@@ -1,4 +1,4 @@
-.PHONY: setup pipeline repro test mlflow-ui prefect-server schedule
+.PHONY: setup pipeline repro test bench mlflow-ui prefect-server schedule
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 setup:            ## both environments (idempotent)
@@ -12,6 +12,10 @@ repro: setup      ## the same stages through DVC
 
 test: setup       ## the test suite
 	python -m pytest -q tests
+
+bench: setup      ## cleaning benchmarks against their baselines: near-dedup vs datasketch, PII vs presidio (~1 min)
+	python -m benchmarks.dedup
+	python -m benchmarks.pii
 
 mlflow-ui:        ## browse runs, metrics, artifacts and the registry at http://127.0.0.1:5000
 	bash infra/mlflow_server.sh
