@@ -211,7 +211,7 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
             for row in part["kept"]:
                 out_file.write(json.dumps(row, ensure_ascii=False) + "\n")
             rows_kept += len(part["kept"])
-        timings["decontaminate+pii"] = time.perf_counter() - clock
+        timings["decontaminate_pii"] = time.perf_counter() - clock
 
     counts = {"rows_in": rows_in, "rows_kept": rows_kept, "rows_dropped": sum(log.dropped.values()),
               "dropped_by_reason": dict(log.dropped), "rows_leading_replies_trimmed": rows_trimmed,
