@@ -1,8 +1,12 @@
-"""`python -m tasks STAGE [--params params.yaml]`: run one stage, as `dvc repro` does (see dvc.yaml)."""
+"""`python -m tasks STAGE [--params params.yaml]`: run one stage, as `dvc repro` does (see dvc.yaml).
+
+Also the entry point under `accelerate launch --config_file infra/accelerate/<fsdp|deepspeed_zero3>.yaml -m tasks sft`.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from tasks.config import apply_runtime_env, load_config
 
@@ -16,6 +20,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.params)
     apply_runtime_env(cfg)
+    if int(os.environ.get("RANK", "0")):       # under `accelerate launch`: every rank trains, rank 0 records
+        BY_NAME[args.stage].run(cfg)
+        return
 
     from tasks import tracking
     from tasks.stages import run_stage

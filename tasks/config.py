@@ -118,26 +118,34 @@ class DatasetsConfig(_Section):
     generation_concurrency: int = 32
 
 
-class LoraTrainConfig(_Section):
+class TrainConfig(_Section):
+    """What every training stage shares; tasks/training.py turns it into TRL/HF TrainingArguments."""
     max_steps: int = 40
     per_device_batch_size: int = 4
     grad_accum: int = 1
     learning_rate: float = 2e-4
     max_length: int = 384
     logging_steps: int = 2
+    save_steps: int = Field(0, ge=0)         # checkpoint every N steps outside DVC outs; a re-run resumes; 0 = off
+    gradient_checkpointing: bool = False     # recompute activations in backward: less memory, slower steps
+    adapter: Literal["lora", "qlora", "full"] = "lora"   # qlora = 4-bit NF4 base (bitsandbytes), CUDA only
 
 
-class SftConfig(LoraTrainConfig):
+class SftConfig(TrainConfig):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
     eval_steps: int = 20
+    packing: bool = False                    # best-fit packing of conversations into max_length rows, no padding
 
 
-class DpoConfig(LoraTrainConfig):
+class DpoConfig(TrainConfig):
+    """The preference stage. lora/qlora continue the SFT adapter (its r/alpha/targets); full trains every weight."""
+    method: Literal["dpo", "orpo", "kto", "simpo"] = "dpo"   # simpo runs through TRL's CPO trainer
     learning_rate: float = 5e-5
-    beta: float = 0.1
+    beta: float = 0.1                        # dpo/kto: KL strength; orpo: odds-ratio weight; simpo: reward scale
+    simpo_gamma: float = 0.5                 # simpo only: target reward margin
 
 
 class QuantizeConfig(_Section):

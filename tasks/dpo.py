@@ -1,33 +1,79 @@
-"""Stage 6: DPO through TRL's DPOTrainer, continuing the SFT LoRA adapter.
+"""Stage 6: preference tuning on the chosen/rejected pairs, continuing the SFT model; `dpo.method` picks the loss.
 
-The SFT adapter is loaded trainable and no peft_config is passed: TRL then keeps a frozen copy of the adapter as the
-reference, so no second model sits in memory.
+- dpo: TRL's DPOTrainer, against a frozen copy of the SFT model.
+- kto: TRL's KTOTrainer; KTO learns from unpaired good/bad replies, so each pair becomes two rows.
+- orpo: ORPOTrainer (trl.experimental in TRL 1.16), reference-free: SFT loss plus an odds-ratio penalty.
+- simpo: CPOTrainer (trl.experimental) with loss_type="simpo" and cpo_alpha=0, which is how TRL implements SimPO:
+  reference-free, length-normalised rewards with a target margin `simpo_gamma`.
+With a LoRA adapter the reference (dpo, kto) is the frozen SFT adapter TRL adds itself; no second model in memory.
 """
 from __future__ import annotations
 
-import shutil
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
 
+from tasks import adapters, checkpoints
 from tasks.config import DpoConfig, Paths
 from tasks.jsonl import read_jsonl
-from tasks.modeling import load_model, load_tokenizer
-from tasks.training import finish, trainer_args
+from tasks.modeling import load_tokenizer
+from tasks.training import train, trainer_args
+
+
+@dataclass(frozen=True)
+class Method:
+    module: str            # where TRL 1.16 keeps the config and trainer
+    names: tuple[str, str]
+    needs_reference: bool
+    has_input_ids: bool    # batches with `input_ids`, so HF can count tokens for tokens/s
+
+
+METHODS = {
+    "dpo": Method("trl", ("DPOConfig", "DPOTrainer"), True, True),
+    "kto": Method("trl", ("KTOConfig", "KTOTrainer"), True, True),
+    "orpo": Method("trl.experimental.orpo", ("ORPOConfig", "ORPOTrainer"), False, False),
+    "simpo": Method("trl.experimental.cpo", ("CPOConfig", "CPOTrainer"), False, False),
+}
+
+
+def unpaired(pairs: list[dict]) -> list[dict]:
+    """KTO's rows: each pair's chosen reply labelled desirable, its rejected reply undesirable."""
+    return [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+            for p in pairs for key in ("chosen", "rejected")]
+
+
+def method_args(cfg: DpoConfig) -> dict:
+    if cfg.method == "simpo":
+        return dict(beta=cfg.beta, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=cfg.simpo_gamma)
+    return dict(beta=cfg.beta)
+
+
+def build_trainer(cfg: DpoConfig, seed: int, base_model: Path, sft_out: Path, train_file: Path,
+                  checkpoint_dir: Path):
+    method = METHODS[cfg.method]
+    module = importlib.import_module(method.module)
+    config_cls, trainer_cls = (getattr(module, name) for name in method.names)
+    pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(train_file)]
+    rows = unpaired(pairs) if cfg.method == "kto" else pairs
+    args = config_cls(**trainer_args(cfg, checkpoint_dir, seed, count_tokens=method.has_input_ids),
+                      **method_args(cfg))
+    policy, reference = adapters.preference_models(cfg, base_model, sft_out, method.needs_reference)
+    extra = {"ref_model": reference} if reference is not None else {}
+    return trainer_cls(model=policy, args=args, train_dataset=Dataset.from_list(rows),
+                       processing_class=load_tokenizer(base_model), **extra)
 
 
 def dpo(cfg: DpoConfig, seed: int, base_model: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter,
-        train_file: Path = Paths.pref_train, out_dir: Path = Paths.dpo_adapter) -> dict:
-    from trl import DPOConfig, DPOTrainer
-
-    shutil.rmtree(out_dir, ignore_errors=True)
-    args = DPOConfig(**trainer_args(cfg, out_dir, seed), beta=cfg.beta)
-    trainer = DPOTrainer(model=load_model(base_model, adapter=sft_adapter, trainable=True), args=args,
-                         train_dataset=Dataset.from_list(list(read_jsonl(train_file))),
-                         processing_class=load_tokenizer(base_model))
-    trainer.train()
-    metrics = finish(trainer, out_dir, "DPO loss")
+        train_file: Path = Paths.pref_train, out_dir: Path = Paths.dpo_adapter,
+        checkpoint_root: Path = checkpoints.ROOT) -> dict:
+    key = checkpoints.fingerprint(cfg, seed, [base_model, sft_adapter, train_file])
+    checkpoint_dir = checkpoints.run_dir("dpo", key, checkpoint_root)
+    trainer = build_trainer(cfg, seed, base_model, sft_adapter, train_file, checkpoint_dir)
+    metrics = train(trainer, out_dir, checkpoint_dir, f"{cfg.method.upper()} loss")
+    metrics["method"] = cfg.method
     accuracies = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
-    metrics["first_reward_accuracy"], metrics["last_reward_accuracy"] = accuracies[0], accuracies[-1]
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if accuracies:
+        metrics["first_reward_accuracy"], metrics["last_reward_accuracy"] = accuracies[0], accuracies[-1]
     return metrics

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -9,7 +10,8 @@ from tqdm import tqdm
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """This process's GPU (`accelerate launch` sets LOCAL_RANK per process), else the CPU."""
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 def train_dtype() -> torch.dtype:
@@ -37,10 +39,31 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_model(path: Path, adapter: Path | None = None, trainable: bool = False):
+def is_adapter(path: Path) -> bool:
+    """A PEFT adapter folder, as opposed to a whole model (what `adapter: full` training saves)."""
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def nf4_config():
+    """QLoRA's 4-bit NormalFloat weights with double quantization, computing in the training dtype."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=train_dtype())
+
+
+def load_model(path: Path, adapter: Path | None = None, trainable: bool = False, four_bit: bool = False):
+    """The model at `path`, with `adapter` on top. An `adapter` folder holding a whole model (a full fine-tune)
+    replaces the base. `four_bit` loads the weights NF4-quantized on the GPU (QLoRA)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=train_dtype()).to(device())
+    if adapter is not None and not is_adapter(adapter):
+        path, adapter = adapter, None
+    if four_bit:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=train_dtype(), quantization_config=nf4_config(),
+                                                     device_map={"": device()})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=train_dtype()).to(device())
     if adapter is not None:
         from peft import PeftModel
 

@@ -14,7 +14,7 @@ import torch
 
 from tasks.config import Paths, QuantizeConfig
 from tasks.jsonl import read_jsonl
-from tasks.modeling import load_model, load_tokenizer, perplexity
+from tasks.modeling import is_adapter, load_model, load_tokenizer, perplexity
 
 
 def folder_mb(path: Path) -> float:
@@ -35,7 +35,8 @@ def merge_and_quantize(cfg: QuantizeConfig, base_model: Path = Paths.base_model,
                        test_file: Path = Paths.sft_test, merged_dir: Path = Paths.merged,
                        quantized_dir: Path = Paths.quantized) -> dict:
     tokenizer = load_tokenizer(base_model)
-    merged = load_model(base_model, adapter=adapter).merge_and_unload().to(torch.bfloat16)
+    model = load_model(base_model, adapter=adapter)        # a full fine-tune's folder loads as the whole model
+    merged = (model.merge_and_unload() if is_adapter(adapter) else model).to(torch.bfloat16)
     shutil.rmtree(merged_dir, ignore_errors=True)
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)

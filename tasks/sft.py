@@ -1,41 +1,44 @@
-"""Stage 5: supervised fine-tuning with LoRA through TRL's SFTTrainer, loss on assistant tokens only.
+"""Stage 5: supervised fine-tuning through TRL's SFTTrainer, loss on assistant tokens only.
 
 The base tokenizer's chat template carries `{% generation %}` markers (see base_model.py), so TRL masks every
-prompt token to -100 and trains on replies including their end-of-turn token.
+prompt token to -100 and trains on replies including their end-of-turn token. tasks/chat_template.py checks that on
+real rows before training: a template that would train on prompts, or on nothing, stops the stage with the fix.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from datasets import Dataset
 
+from tasks import adapters, checkpoints
+from tasks.chat_template import check_assistant_mask
 from tasks.config import Paths, SftConfig
 from tasks.jsonl import read_jsonl
-from tasks.modeling import load_model, load_tokenizer
-from tasks.training import finish, trainer_args
+from tasks.modeling import load_tokenizer
+from tasks.training import train, trainer_args
 
 
-def build_trainer(cfg: SftConfig, seed: int, base_model: Path, train_file: Path, test_file: Path, out_dir: Path):
-    from peft import LoraConfig
+def build_trainer(cfg: SftConfig, seed: int, base_model: Path, train_file: Path, test_file: Path,
+                  checkpoint_dir: Path):
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**trainer_args(cfg, out_dir, seed), assistant_only_loss=True, eval_strategy="steps",
-                     eval_steps=cfg.eval_steps)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-    return SFTTrainer(model=load_model(base_model, trainable=True), args=args,
-                      train_dataset=Dataset.from_list(list(read_jsonl(train_file))),
-                      eval_dataset=Dataset.from_list(list(read_jsonl(test_file))),
-                      processing_class=load_tokenizer(base_model), peft_config=lora)
+    rows = list(read_jsonl(train_file))
+    tokenizer = load_tokenizer(base_model)
+    check_assistant_mask(tokenizer, [r["messages"] for r in rows])
+    args = SFTConfig(**trainer_args(cfg, checkpoint_dir, seed), assistant_only_loss=True, packing=cfg.packing,
+                     eval_strategy="steps", eval_steps=cfg.eval_steps)
+    model, peft_config = adapters.sft_model(cfg, base_model)
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                      eval_dataset=Dataset.from_list(list(read_jsonl(test_file))), processing_class=tokenizer,
+                      peft_config=peft_config)
 
 
 def sft(cfg: SftConfig, seed: int, base_model: Path = Paths.base_model, train_file: Path = Paths.sft_train,
-        test_file: Path = Paths.sft_test, out_dir: Path = Paths.sft_adapter) -> dict:
-    shutil.rmtree(out_dir, ignore_errors=True)
-    trainer = build_trainer(cfg, seed, base_model, train_file, test_file, out_dir)
-    trainer.train()
-    metrics = finish(trainer, out_dir, "SFT loss")
+        test_file: Path = Paths.sft_test, out_dir: Path = Paths.sft_adapter,
+        checkpoint_root: Path = checkpoints.ROOT) -> dict:
+    key = checkpoints.fingerprint(cfg, seed, [base_model, train_file, test_file])
+    checkpoint_dir = checkpoints.run_dir("sft", key, checkpoint_root)
+    trainer = build_trainer(cfg, seed, base_model, train_file, test_file, checkpoint_dir)
+    metrics = train(trainer, out_dir, checkpoint_dir, "SFT loss")
     metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return metrics

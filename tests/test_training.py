@@ -29,7 +29,8 @@ def test_sft_then_dpo_raises_reward_accuracy_on_training_pairs(base_model_dir, t
 
     sft_dir, dpo_dir = tmp_path / "sft", tmp_path / "dpo"
     sft_metrics = sft(SftConfig(max_steps=4, per_device_batch_size=4, max_length=128, eval_steps=4,
-                                learning_rate=5e-4), 0, base_model_dir, tiny_sets["sft"], tiny_sets["sft"], sft_dir)
+                                learning_rate=5e-4), 0, base_model_dir, tiny_sets["sft"], tiny_sets["sft"], sft_dir,
+                      checkpoint_root=tmp_path / "ckpt")
     assert sft_metrics["steps"] == 4 and (sft_dir / "adapter_model.safetensors").exists()
 
     pairs = list(read_jsonl(tiny_sets["pref"]))
@@ -38,7 +39,7 @@ def test_sft_then_dpo_raises_reward_accuracy_on_training_pairs(base_model_dir, t
     before = preference_accuracy(load_model(base_model_dir, adapter=sft_dir), reference, tokenizer, pairs)
 
     metrics = dpo(DpoConfig(max_steps=6, per_device_batch_size=4, max_length=128, learning_rate=5e-4), 0,
-                  base_model_dir, sft_dir, tiny_sets["pref"], dpo_dir)
+                  base_model_dir, sft_dir, tiny_sets["pref"], dpo_dir, checkpoint_root=tmp_path / "ckpt")
     after = preference_accuracy(load_model(base_model_dir, adapter=dpo_dir), reference, tokenizer, pairs)
 
     assert before == 0.0          # policy == reference: every margin is exactly zero
