@@ -37,7 +37,9 @@ class _Dask:
         self.client = client
 
     def map(self, fn: Callable, items: Iterable, **shared) -> Iterator:
-        shared = {k: self.client.scatter(v, broadcast=True) for k, v in shared.items()}
+        # hash=False: a fresh key per call. With content keys the config scattered again by the next pass shares
+        # its key with this pass's copy, and releasing one cancels the other's tasks ("lost dependencies").
+        shared = {k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
         futures = self.client.map(fn, list(items), pure=False, **shared)
         for future in futures:          # in order, each as soon as it is done: the driver streams the results
             yield future.result()
