@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from tasks.config import DecontaminationConfig
-from tasks.quality import mix, words
+from tasks.minhash import mix
+from tasks.quality import words
 
 _TURN = re.compile(r"^(?:user|assistant|system): ", re.MULTILINE)   # conversation_text's turn starts
 MIN_WORDS = 8     # n-gram length for eval examples whose turns are all shorter than ngram words

@@ -35,7 +35,8 @@ _MIX = np.uint64(0xBF58476D1CE4E5B9)     # splitmix64 constants: spread bits bef
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spread the bits of uint64 hashes (shared with the quality filters)."""
     x = x ^ (x >> np.uint64(30))
     x = x * _MIX
     x = x ^ (x >> np.uint64(27))
@@ -123,7 +124,7 @@ class ShingleHasher:
                 for x in ids[word_start[d]:word_start[d + 1]]:
                     v = v * _PRIME + x
             h[word_start[d]] = v
-        return _mix(h[keep]), np.r_[0, np.cumsum(counts)]
+        return mix(h[keep]), np.r_[0, np.cumsum(counts)]
 
     def __call__(self, text: str) -> np.ndarray:
         """The sorted unique shingle hashes of one document (the set that exact Jaccard compares)."""
@@ -149,7 +150,7 @@ def signatures(flat: np.ndarray, offsets: np.ndarray, num_perm: int) -> np.ndarr
     with np.errstate(over="ignore"):
         while holes[0].size and attempt < 10 * num_perm:   # each empty bin copies the first filled bin of its own
             attempt += 1                                      # probe sequence (the same for every document)
-            probe = _mix(holes[1].astype(np.uint64) * np.uint64(1 << 20) + np.uint64(attempt))
+            probe = mix(holes[1].astype(np.uint64) * np.uint64(1 << 20) + np.uint64(attempt))
             source = (probe >> np.uint64(64 - bits)).astype(np.int64)
             found = original[holes[0], source]               # borrow only from bins that shingles filled
             filled = found != empty
@@ -169,11 +170,11 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = 64
     """Pairs of documents that share at least one band. A bucket of up to `max_bucket` members yields all its pairs;
     a larger one (a big cluster of copies) pairs each member with its first, which still links the whole cluster."""
     pairs: set[tuple[int, int]] = set()
-    weights = _mix(np.arange(1, rows + 1, dtype=np.uint64))
+    weights = mix(np.arange(1, rows + 1, dtype=np.uint64))
     for band in range(bands):
         block = sig[:, band * rows:(band + 1) * rows].astype(np.uint64)
         with np.errstate(over="ignore"):
-            keys = _mix((block * weights).sum(axis=1, dtype=np.uint64))
+            keys = mix((block * weights).sum(axis=1, dtype=np.uint64))
         order = np.argsort(keys, kind="stable")
         bounds = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1], True])
         for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):

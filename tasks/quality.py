@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tasks.config import QualityConfig
+from tasks.minhash import mix
 
 MIN_WORDS = 50            # replies shorter than this are not judged by the Gopher statistics
 LANGUAGE_PREFIX = 300     # characters of prose given to language ID (its cost is linear in them)
@@ -43,19 +44,12 @@ _SEPARATORS = [  # non-ASCII punctuation and symbols, by UTF-8 encoding: (lead b
     (0xEF, 0xFE, 0xBC, 3),   # U+FF00-U+FF7F: fullwidth forms
     (0xF0, 0xFF, 0x9F, 4),   # U+1F000-U+1FFFF: emoji and pictographs
 ]
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-_ODD = _MIX * (2 * np.arange(1, 9, dtype=np.uint64) + 1)   # one odd multiplier per position in an n-gram
+_ODD = np.uint64(0x9E3779B97F4A7C15) * (2 * np.arange(1, 9, dtype=np.uint64) + 1)   # one odd multiplier per position in an n-gram
 
 
 def prose(text: str) -> str:
     """The text without its fenced code blocks."""
     return _FENCED_CODE.sub("\n", text) if "```" in text or "~~~" in text else text
-
-
-def mix(x: np.ndarray) -> np.ndarray:
-    """Spread the bits of uint64 values (array arithmetic wraps modulo 2^64 silently)."""
-    x = (x ^ (x >> np.uint64(31))) * _MIX
-    return x ^ (x >> np.uint64(29))
 
 
 class Words(NamedTuple):
