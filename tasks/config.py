@@ -177,7 +177,8 @@ class EvaluateConfig(_Section):
 
 class GatesConfig(_Section):
     max_ppl_ratio_vs_base: float = 1.10
-    max_quant_ppl_ratio: float = 1.05
+    max_quant_ppl_ratio: float = 1.05        # quantized / merged, one fp32 forward before and after (quantize stage)
+    max_served_ppl_ratio: float = 1.10       # vLLM's served ppl / transformers' quantized ppl: the engine serves it
     min_pref_accuracy: float = 0.5
     min_rouge_l: float = 0.0
 

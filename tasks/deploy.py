@@ -103,13 +103,22 @@ class VLLMServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
+    def post(self, path: str, body: dict) -> dict:
         try:
-            return http_json(f"{self.base_url}/v1/chat/completions", {
-                "model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                **sampling})
+            return http_json(f"{self.base_url}{path}", body)
         except urllib.error.HTTPError as err:
             raise ServerError(f"vLLM answered {err.code} {err.reason}; server log:\n{self.log_tail()}") from err
+
+    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
+        return self.post("/v1/chat/completions", {"model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens,
+                                                  "temperature": temperature, **sampling})
+
+    def prompt_logprobs(self, token_ids: list[int]) -> list[float | None]:
+        """The served model's log-probability of each token given the ones before it (None for the first): vLLM
+        scores the prompt with `echo` + `logprobs`, so a perplexity describes exactly the model users get."""
+        reply = self.post("/v1/completions", {"model": SERVED_NAME, "prompt": token_ids, "max_tokens": 1,
+                                              "echo": True, "logprobs": 0, "temperature": 0.0})
+        return reply["choices"][0]["logprobs"]["token_logprobs"][:len(token_ids)]
 
     def chat_many(self, conversations: list[list[dict]], concurrency: int, **kwargs) -> list[str]:
         """Replies to many conversations, `concurrency` in flight (vLLM batches them), in input order."""

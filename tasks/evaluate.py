@@ -1,6 +1,7 @@
 """Stage 9: how good and how fast is the candidate?
 
-- held-out perplexity of the final reply, for base, SFT, DPO and the quantized (served) checkpoint;
+- held-out perplexity of the final reply: base, SFT and DPO in transformers (fp32 on a CPU), and the quantized
+  checkpoint as vLLM serves it (`served`, scored by the endpoint's prompt logprobs: the model users get);
 - DPO preference accuracy on held-out pairs (implicit reward of the DPO policy against the SFT reference);
 - ROUGE-L of the served model's answers against the references;
 - serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rouge_score import rouge_scorer
@@ -18,11 +20,11 @@ from tasks import plots
 from tasks.config import DeployConfig, EvaluateConfig, Paths
 from tasks.deploy import SERVED_NAME, VLLMServer
 from tasks.jsonl import read_jsonl, write_json, write_jsonl
-from tasks.modeling import load_model, load_tokenizer, perplexity, preference_accuracy, split_last_reply
+from tasks.modeling import (completion_batch, load_model, load_tokenizer, perplexity, perplexity_of,
+                            preference_accuracy, split_last_reply)
 
 
-def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, quantized: Path, sft_test: Path,
-                  pref_test: Path) -> dict:
+def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Path, pref_test: Path) -> dict:
     tokenizer = load_tokenizer(base)
     conversations = [r["messages"] for r in read_jsonl(sft_test)]
     ppl = {"base": perplexity(load_model(base), tokenizer, conversations, "ppl base")}
@@ -30,9 +32,16 @@ def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, quantized: P
     dpo_model = load_model(base, adapter=dpo_adapter)
     ppl["sft"] = perplexity(sft_model, tokenizer, conversations, "ppl sft")
     ppl["dpo"] = perplexity(dpo_model, tokenizer, conversations, "ppl dpo")
-    ppl["quantized"] = perplexity(load_model(quantized), tokenizer, conversations, "ppl quantized")
     accuracy = preference_accuracy(dpo_model, sft_model, tokenizer, list(read_jsonl(pref_test)))
     return {"ppl": {k: round(v, 4) for k, v in ppl.items()}, "pref_accuracy": round(accuracy, 4)}
+
+
+def served_perplexity(server: VLLMServer, tokenizer, conversations: list[dict], concurrency: int) -> float:
+    """Perplexity of the final replies under the served model, token for token what `perplexity` scores."""
+    batches = [completion_batch(tokenizer, *split_last_reply(c["messages"])) for c in conversations]
+    with ThreadPoolExecutor(concurrency) as pool:
+        logprobs = list(pool.map(server.prompt_logprobs, [ids for ids, _ in batches]))
+    return perplexity_of([(sum(lp[start:]), len(ids) - start) for lp, (ids, start) in zip(logprobs, batches)])
 
 
 def served_answers(server: VLLMServer, conversations: list[dict], cfg: EvaluateConfig) -> list[dict]:
@@ -63,9 +72,12 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path = Paths.b
              quantized: Path = Paths.quantized, sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
              out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = model_quality(base, sft_adapter, dpo_adapter, quantized, sft_test, pref_test)
+    metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
+    test_set = list(read_jsonl(sft_test))
     with VLLMServer(deploy_cfg, quantized) as server:
-        answers = served_answers(server, list(read_jsonl(sft_test)), cfg)
+        metrics["ppl"]["served"] = round(served_perplexity(server, load_tokenizer(quantized), test_set,
+                                                           cfg.concurrency), 4)
+        answers = served_answers(server, test_set, cfg)
         latency = load_test(server, cfg, quantized, out_dir / "load_test.json")
     write_jsonl(out_dir / "answers.jsonl", answers)
     metrics["rouge_l"] = round(sum(a["rouge_l"] for a in answers) / len(answers), 4)

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tasks.hardware import native_bf16_cpu
+
 
 def device() -> str:
     """This process's GPU (`accelerate launch` sets LOCAL_RANK per process), else the CPU."""
@@ -21,14 +23,11 @@ def train_dtype() -> torch.dtype:
 
 def use_bf16() -> bool:
     """bf16 mixed precision on a bf16 GPU, or on a CPU with native bf16 (AMX / AVX512-BF16): 1.16x faster SFT steps
-    than fp32 at the same loss on this 2-core machine (benchmarks/stage_speed.py); plain fp32 elsewhere."""
+    than fp32 at the same loss on an AMX CPU (benchmarks/stage_speed.py); plain fp32 elsewhere (an AVX2-only CPU
+    emulates bf16). Runs record which they had (tasks/hardware.py tags)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return native_bf16_cpu()
 
 
 def load_tokenizer(path: Path):
@@ -101,11 +100,15 @@ def split_last_reply(messages: list[dict]) -> tuple[list[dict], list[dict]]:
     return messages[:-1], messages[-1:]
 
 
+def perplexity_of(scored: list[tuple[float, int]]) -> float:
+    """Perplexity from (sum of log-probabilities, token count) per completion: one token-weighted average."""
+    return math.exp(-sum(s for s, _ in scored) / sum(n for _, n in scored))
+
+
 def perplexity(model, tokenizer, conversations: list[list[dict]], desc: str = "perplexity") -> float:
     """Perplexity of each conversation's final assistant reply given everything before it."""
-    scored = completion_logprobs(model, tokenizer, [split_last_reply(m) for m in tqdm(conversations, desc=desc)])
-    total_logp, total_tokens = sum(s for s, _ in scored), sum(n for _, n in scored)
-    return math.exp(-total_logp / total_tokens)
+    return perplexity_of(completion_logprobs(model, tokenizer,
+                                             [split_last_reply(m) for m in tqdm(conversations, desc=desc)]))
 
 
 def preference_accuracy(policy, reference, tokenizer, pairs: list[dict]) -> float:

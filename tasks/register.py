@@ -13,11 +13,13 @@ from tasks.config import GatesConfig, Paths
 from tasks.jsonl import write_json
 
 
-def check_gates(cfg: GatesConfig, metrics: dict, deployment: dict) -> list[dict]:
+def check_gates(cfg: GatesConfig, metrics: dict, quantization: dict, deployment: dict) -> list[dict]:
+    """Each ratio compares like with like: the same dtype and code path on both sides (see tasks/quantize.py)."""
     ppl = metrics["ppl"]
     rows = [
         ("DPO ppl vs base", ppl["dpo"] / ppl["base"], "<=", cfg.max_ppl_ratio_vs_base),
-        ("quantized ppl vs DPO", ppl["quantized"] / ppl["dpo"], "<=", cfg.max_quant_ppl_ratio),
+        ("quantized ppl vs merged", quantization["ppl_ratio"], "<=", cfg.max_quant_ppl_ratio),
+        ("served ppl vs quantized", ppl["served"] / quantization["quantized_ppl"], "<=", cfg.max_served_ppl_ratio),
         ("preference accuracy", metrics["pref_accuracy"], ">=", cfg.min_pref_accuracy),
         ("ROUGE-L", metrics["rouge_l"], ">=", cfg.min_rouge_l),
         ("failed load-test requests", metrics["serving"]["requests_failed"], "<=", 0),
@@ -28,11 +30,12 @@ def check_gates(cfg: GatesConfig, metrics: dict, deployment: dict) -> list[dict]
 
 
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
-             deploy_report: Path = Paths.deploy_report, out: Path = Paths.registry_report,
-             report_md: Path = Paths.run_report) -> dict:
+             quantize_metrics: Path = Paths.stage_metrics / "quantize.json", deploy_report: Path = Paths.deploy_report,
+             out: Path = Paths.registry_report, report_md: Path = Paths.run_report) -> dict:
     metrics = json.loads(metrics_file.read_text())
+    quantization = json.loads(quantize_metrics.read_text())
     deployment = json.loads(deploy_report.read_text())
-    gates = check_gates(cfg, metrics, deployment)
+    gates = check_gates(cfg, metrics, quantization, deployment)
     failed = [g["gate"] for g in gates if not g["passed"]]
     alias = "challenger" if failed else "champion"
     why = "all gates passed" if not failed else "failed gates: " + ", ".join(failed)
@@ -40,7 +43,7 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     if tracking.active():
         result |= tracking.register_model(model_name, model_dir, alias, why)
     write_json(out, result)
-    report_md.write_text(run_report(result, metrics, deployment))
+    report_md.write_text(run_report(result, metrics | {"quantization": quantization}, deployment))
     return {"alias": alias, "gates_passed": len(gates) - len(failed), "gates_failed": len(failed),
             "version": result.get("version", 0)}
 
@@ -58,8 +61,12 @@ def run_report(result: dict, metrics: dict, deployment: dict) -> str:
     lines += [f"| {g['gate']} | {g['value']} | {g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |"
               for g in result["gates"]]
     ppl, serving = metrics["ppl"], metrics["serving"]
+    quant = metrics["quantization"]
     lines += ["", "## Model", "", "| model | held-out ppl |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in ppl.items()]
+    lines += ["", "base/SFT/DPO in transformers (fp32 on a CPU); served = the quantized checkpoint scored by vLLM. "
+              f"Quantization, one fp32 forward before and after: {quant['merged_ppl']} -> {quant['quantized_ppl']} "
+              f"(x{quant['ppl_ratio']}), {quant['merged_mb']} -> {quant['quantized_mb']} MB."]
     lines += ["", f"Preference accuracy (held-out pairs): {metrics['pref_accuracy']}; ROUGE-L of served answers: "
               f"{metrics['rouge_l']}.", "",
               f"Serving (vLLM, concurrency {serving['concurrency']}): TTFT median {serving['ttft_median_ms']} ms, "

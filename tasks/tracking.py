@@ -19,6 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tasks.config import Config, TrackingConfig
+from tasks.hardware import hardware_tags
 
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 
@@ -68,7 +69,7 @@ def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.
         if found:
             return found[0].info.run_id
     run = client.create_run(exp_id, run_name=f"pipeline-{launcher}", tags={
-        "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit()})
+        "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(), **hardware_tags()})
     for section, values in cfg.model_dump().items():
         for name, value in _flatten(values).items():
             client.log_param(run.info.run_id, f"{section}.{name}", value)
@@ -106,10 +107,10 @@ def active() -> bool:
 
 @contextmanager
 def stage_run(cfg: Config, stage: str, parent_id: str, sections: tuple[str, ...]) -> Iterator[str]:
-    """A nested MLflow run for one stage, with its settings as params and git/DVC lineage as tags."""
+    """A nested MLflow run for one stage, with its settings as params, git/DVC lineage and the CPU as tags."""
     configure(cfg.tracking)
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id) as run:
-        mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **dvc_hashes(stage)})
+        mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **dvc_hashes(stage), **hardware_tags()})
         for section in sections:
             mlflow.log_params({f"params.{section}.{k}": v
                                for k, v in _flatten(getattr(cfg, section).model_dump()).items()})

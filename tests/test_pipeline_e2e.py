@@ -58,7 +58,7 @@ def project(tmp_path_factory):
 def test_every_stage_ran_and_left_its_outputs(project):
     proj, _, _ = project
     metrics = json.loads((proj / "data/eval/metrics.json").read_text())
-    assert set(metrics["ppl"]) == {"base", "sft", "dpo", "quantized"}
+    assert set(metrics["ppl"]) == {"base", "sft", "dpo", "served"}
     assert all(v > 1 for v in metrics["ppl"].values())
     assert metrics["serving"]["requests_failed"] == 0 and metrics["serving"]["output_tok_s"] > 0
     clean = json.loads((proj / "data/clean/report.json").read_text())
@@ -97,6 +97,8 @@ def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
     assert len(client.get_metric_history(sft_run, "loss")) >= 2            # per-step training metrics
     assert "params.sft.max_steps" in by_stage["sft"].data.params
     assert by_stage["sft"].data.tags["git.commit"]
+    from tasks.hardware import hardware_tags
+    assert {k: by_stage["sft"].data.tags[k] for k in hardware_tags()} == hardware_tags()   # the CPU behind figures
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
     datasets_md5 = next(o["md5"] for o in lock["datasets"]["outs"] if o["path"] == "data/datasets")
     assert by_stage["sft"].data.tags["dvc.input.data/datasets/sft_train.jsonl"] == datasets_md5   # data lineage
