@@ -1,4 +1,4 @@
-"""Near-dedup: this project's vectorised MinHash-LSH (tasks/minhash.py) vs datasketch, same corpus, same run.
+"""Near-dedup: this project's vectorised MinHash-LSH (tasks/data/minhash.py) vs datasketch, same corpus, same run.
 
 Corpus: 200-word windows of real ShareGPT replies, plus planted near-duplicates with 0-6% of words substituted (true
 Jaccard of word 5-grams spans ~0.6-1.0, so pairs sit on both sides of the 0.8 threshold). Ground truth: exact Jaccard
@@ -16,9 +16,9 @@ import time
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from tasks.dedup import normalise
-from tasks.ingest import _json_array_records, sharegpt_package_file
-from tasks.minhash import ShingleHasher, bands_for, byte_chunks, candidate_pairs, find_near_duplicates, signatures
+from tasks.data.dedup import normalise
+from tasks.data.ingest import _json_array_records, sharegpt_package_file
+from tasks.data.minhash import ShingleHasher, bands_for, byte_chunks, candidate_pairs, find_near_duplicates, signatures
 
 THRESHOLD, NUM_PERM, N = 0.8, 128, 5
 

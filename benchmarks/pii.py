@@ -1,4 +1,4 @@
-"""PII detection: this project's Scrubber (tasks/pii.py) vs presidio's AnalyzerEngine, same corpus, same run.
+"""PII detection: this project's Scrubber (tasks/data/pii.py) vs presidio's AnalyzerEngine, same corpus, same run.
 
 Corpus, deterministic: presidio-evaluator's fake sentences (en_US templates, labelled spans), ~200 Chinese-format
 sentences generated here (CN mobiles in 8 formats, resident IDs with valid check characters, emails and IPs inside
@@ -34,7 +34,7 @@ from collections import Counter
 from unittest import mock
 
 from tasks.config import Paths, PiiConfig
-from tasks.pii import Scrubber
+from tasks.data.pii import Scrubber
 
 SEED = 7
 LABELS = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "IP_ADDRESS": "ip_address", "CREDIT_CARD": "credit_card",

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from tasks import training
+from tasks.common.jsonl import read_jsonl
 from tasks.config import DeployConfig, Paths, SftConfig, apply_runtime_env, load_config
-from tasks.jsonl import read_jsonl
-from tasks.modeling import load_model, load_tokenizer
+from tasks.train import training
+from tasks.train.modeling import load_model, load_tokenizer
 
 
 def sft_steps(bf16: bool, steps: int, tmp: Path) -> tuple[float, float]:
-    from tasks.sft import build_trainer
+    from tasks.train.sft import build_trainer
 
     training.use_bf16 = lambda: bf16
     trainer = build_trainer(SftConfig(max_steps=steps, max_length=256, eval_steps=10_000, logging_steps=1), 0,
@@ -45,7 +45,7 @@ def generate_transformers(prompts: list[list[dict]], max_new_tokens: int, batch:
 
 
 def generate_vllm(prompts: list[list[dict]], max_new_tokens: int, deploy_cfg: DeployConfig) -> float:
-    from tasks.deploy import VLLMServer
+    from tasks.common.vllm_server import VLLMServer
 
     t0 = time.perf_counter()
     with VLLMServer(deploy_cfg, Paths.base_model) as server:

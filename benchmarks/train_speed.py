@@ -69,8 +69,8 @@ def qwen_shape_model(tokenizer_dir: Path, out: Path) -> Path:
 
 def run_variant(name: str, overrides: dict, bf16: bool | None, model_dir: str, steps: int, liger: bool) -> dict:
     """One variant in this (fresh) process: build the project's SFT trainer with `overrides`, train, measure."""
-    from tasks import training
-    from tasks.sft import build_trainer
+    from tasks.train import training
+    from tasks.train.sft import build_trainer
 
     cfg = load_config()
     apply_runtime_env(cfg)

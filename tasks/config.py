@@ -42,7 +42,7 @@ class IngestConfig(_Section):
 
 
 class QualityConfig(_Section):
-    """Per-conversation filters (tasks/quality.py), Gopher/C4-style; thresholds tuned on chat data, not web pages."""
+    """Per-conversation filters (tasks/data/quality.py), Gopher/C4-style; thresholds tuned on chat data, not web pages."""
     min_chars: int = 20                      # whole conversation, after whitespace normalisation
     max_chars: int = 20000
     require_assistant: bool = True
@@ -74,7 +74,7 @@ class NearDedupConfig(_Section):
 
 
 class DecontaminationConfig(_Section):
-    """Drop training rows that contain an evaluation example's n-grams (tasks/decontaminate.py)."""
+    """Drop training rows that contain an evaluation example's n-grams (tasks/data/decontaminate.py)."""
     ngram: int = Field(13, ge=1)             # word n-grams, as in GPT-3's contamination study
     min_containment: float = Field(0.5, gt=0, le=1)   # fraction of an eval example's n-grams found in the row
     held_out: bool = True                    # the pipeline's own test split (datasets.test_fraction) is an eval set
@@ -119,7 +119,7 @@ class DatasetsConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """What every training stage shares; tasks/training.py turns it into TRL/HF TrainingArguments."""
+    """What every training stage shares; tasks/train/training.py turns it into TRL/HF TrainingArguments."""
     max_steps: int = 40
     per_device_batch_size: int = 4
     grad_accum: int = 1

@@ -1,6 +1,6 @@
 """The pipeline's stages in order, and the one runner that both the Prefect flow and `dvc repro` go through.
 
-Each stage is its plain function (tasks/<stage>.py) bound to its config section. The runner opens the stage's MLflow
+Each stage is its plain function (tasks/<phase>/<stage>.py) bound to its config section. The runner opens the stage's MLflow
 run, times it, logs results and artifacts, and writes data/metrics/<stage>.json (DVC metrics).
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import tracking
+from tasks.common.jsonl import write_json
 from tasks.config import Config, Paths
-from tasks.jsonl import write_json
 
 
 @dataclass(frozen=True)
@@ -26,53 +26,53 @@ class Stage:
 
 
 def _base_model(cfg):
-    from tasks.base_model import prepare_base_model
+    from tasks.train.base_model import prepare_base_model
     return prepare_base_model(cfg.base_model)
 
 
 def _ingest(cfg):
-    from tasks.ingest import ingest
+    from tasks.data.ingest import ingest
     return ingest(cfg.ingest)
 
 
 def _clean(cfg):
-    from tasks.clean import clean
+    from tasks.data.clean import clean
     return clean(cfg.clean, held_out_fraction=cfg.datasets.test_fraction)
 
 
 def _datasets(cfg):
-    from tasks.build_datasets import build_datasets
+    from tasks.train.datasets import build_datasets
     return build_datasets(cfg.datasets, cfg.deploy, cfg.runtime.seed)
 
 
 def _sft(cfg):
-    from tasks.sft import sft
+    from tasks.train.sft import sft
     return sft(cfg.sft, cfg.runtime.seed)
 
 
 def _dpo(cfg):
-    from tasks.dpo import dpo
+    from tasks.train.dpo import dpo
     return dpo(cfg.dpo, cfg.runtime.seed)
 
 
 def _quantize(cfg):
-    from tasks.quantize import merge_and_quantize
+    from tasks.serve.quantize import merge_and_quantize
     return merge_and_quantize(cfg.quantize)
 
 
 def _deploy(cfg):
-    from tasks.deploy import deploy
+    from tasks.serve.deploy import deploy
     return deploy(cfg.deploy)
 
 
 def _evaluate(cfg):
-    from tasks.evaluate import evaluate
+    from tasks.evaluate.evaluate import evaluate
     return evaluate(cfg.evaluate, cfg.deploy)
 
 
 def _register(cfg):
-    from tasks.register import register
-    return register(cfg.gates, cfg.tracking.registered_model)
+    from tasks.release.register import register
+    return register(cfg.gates, cfg.tracking.registered_model, stage_order=[s.name for s in STAGES])
 
 
 STAGES = [

@@ -18,8 +18,8 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tasks.common.hardware import hardware_tags
 from tasks.config import Config, TrackingConfig
-from tasks.hardware import hardware_tags
 
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 

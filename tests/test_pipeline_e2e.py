@@ -97,7 +97,7 @@ def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
     assert len(client.get_metric_history(sft_run, "loss")) >= 2            # per-step training metrics
     assert "params.sft.max_steps" in by_stage["sft"].data.params
     assert by_stage["sft"].data.tags["git.commit"]
-    from tasks.hardware import hardware_tags
+    from tasks.common.hardware import hardware_tags
     assert {k: by_stage["sft"].data.tags[k] for k in hardware_tags()} == hardware_tags()   # the CPU behind figures
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
     datasets_md5 = next(o["md5"] for o in lock["datasets"]["outs"] if o["path"] == "data/datasets")

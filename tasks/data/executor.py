@@ -1,0 +1,69 @@
+"""Where per-chunk work runs: in this process, in worker processes on this machine, or on a Dask cluster.
+
+One small interface, `map(fn, items, **shared)`, results in order, so the cleaning code is the same on a laptop and
+on a cluster. `shared` holds the large read-only inputs every task needs (the decontamination index, the config):
+Dask ships them to each worker once (scatter, broadcast); local processes get them with each task, which is cheap
+next to the work. Local workers come from a forkserver, not fork, because the stage runs inside processes that hold
+threads (MLflow, Prefect) and forking those can deadlock.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+
+from tasks.config import ExecutorConfig
+
+
+class _Inline:
+    def map(self, fn: Callable, items: Iterable, **shared) -> Iterator:
+        return (fn(item, **shared) for item in items)
+
+
+class _Processes:
+    def __init__(self, workers: int):
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["tasks.data.clean"])
+        self.pool = ProcessPoolExecutor(workers, mp_context=context)
+
+    def map(self, fn: Callable, items: Iterable, **shared) -> Iterator:
+        return self.pool.map(functools.partial(fn, **shared), items)
+
+
+class _Dask:
+    def __init__(self, client):
+        self.client = client
+
+    def map(self, fn: Callable, items: Iterable, **shared) -> Iterator:
+        # hash=False: a fresh key per call. With content keys the config scattered again by the next pass shares
+        # its key with this pass's copy, and releasing one cancels the other's tasks ("lost dependencies").
+        shared = {k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
+        futures = self.client.map(fn, list(items), pure=False, **shared)
+        for future in futures:          # in order, each as soon as it is done: the driver streams the results
+            yield future.result()
+            future.release()
+
+
+@contextmanager
+def open_executor(cfg: ExecutorConfig):
+    """`local` with one worker runs inline (easy to debug); `dask` with no address starts a LocalCluster of
+    `workers` processes on 127.0.0.1, or joins the scheduler at `address`."""
+    if cfg.kind == "local" and cfg.workers == 1:
+        yield _Inline()
+    elif cfg.kind == "local":
+        runner = _Processes(cfg.workers)
+        try:
+            yield runner
+        finally:
+            runner.pool.shutdown(cancel_futures=True)
+    else:
+        from distributed import Client, LocalCluster
+        if cfg.address:
+            with Client(cfg.address) as client:
+                yield _Dask(client)
+        else:
+            with LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                yield _Dask(client)

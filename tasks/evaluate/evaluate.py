@@ -1,0 +1,98 @@
+"""Stage 9: how good and how fast is the candidate?
+
+- held-out perplexity of the final reply: base, SFT and DPO in transformers (fp32 on a CPU), and the quantized
+  checkpoint as vLLM serves it (`served`, scored by the endpoint's prompt logprobs: the model users get);
+- DPO preference accuracy on held-out pairs (implicit reward of the DPO policy against the SFT reference);
+- ROUGE-L of the served model's answers against the references;
+- serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rouge_score import rouge_scorer
+
+from tasks.common import plots
+from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
+from tasks.common.vllm_server import SERVED_NAME, VLLMServer
+from tasks.config import DeployConfig, EvaluateConfig, Paths
+from tasks.train.modeling import (
+    completion_batch,
+    load_model,
+    load_tokenizer,
+    perplexity,
+    perplexity_of,
+    preference_accuracy,
+    split_last_reply,
+)
+
+
+def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Path, pref_test: Path) -> dict:
+    tokenizer = load_tokenizer(base)
+    conversations = [r["messages"] for r in read_jsonl(sft_test)]
+    ppl = {"base": perplexity(load_model(base), tokenizer, conversations, "ppl base")}
+    sft_model = load_model(base, adapter=sft_adapter)
+    dpo_model = load_model(base, adapter=dpo_adapter)
+    ppl["sft"] = perplexity(sft_model, tokenizer, conversations, "ppl sft")
+    ppl["dpo"] = perplexity(dpo_model, tokenizer, conversations, "ppl dpo")
+    accuracy = preference_accuracy(dpo_model, sft_model, tokenizer, list(read_jsonl(pref_test)))
+    return {"ppl": {k: round(v, 4) for k, v in ppl.items()}, "pref_accuracy": round(accuracy, 4)}
+
+
+def served_perplexity(server: VLLMServer, tokenizer, conversations: list[dict], concurrency: int) -> float:
+    """Perplexity of the final replies under the served model, token for token what `perplexity` scores."""
+    batches = [completion_batch(tokenizer, *split_last_reply(c["messages"])) for c in conversations]
+    with ThreadPoolExecutor(concurrency) as pool:
+        logprobs = list(pool.map(server.prompt_logprobs, [ids for ids, _ in batches]))
+    return perplexity_of([(sum(lp[start:]), len(ids) - start) for lp, (ids, start) in zip(logprobs, batches)])
+
+
+def served_answers(server: VLLMServer, conversations: list[dict], cfg: EvaluateConfig) -> list[dict]:
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    convs = conversations[:cfg.eval_size]
+    splits = [split_last_reply(c["messages"]) for c in convs]
+    replies = server.chat_many([prompt for prompt, _ in splits], cfg.concurrency, max_tokens=cfg.max_tokens)
+    return [{"id": c["id"], "answer": reply, "reference": ref[0]["content"],
+             "rouge_l": round(scorer.score(ref[0]["content"], reply)["rougeL"].fmeasure, 4)}
+            for c, (_, ref), reply in zip(convs, splits, replies)]
+
+
+def load_test(server: VLLMServer, cfg: EvaluateConfig, tokenizer_dir: Path, out: Path) -> dict:
+    args = ["--backend", "openai-chat", "--base-url", server.base_url, "--endpoint", "/v1/chat/completions",
+            "--model", SERVED_NAME, "--tokenizer", str(tokenizer_dir.resolve()), "--dataset-name", "random",
+            "--random-input-len", str(cfg.load_input_len), "--random-output-len", str(cfg.load_output_len),
+            "--num-prompts", str(cfg.load_prompts), "--max-concurrency", str(cfg.concurrency), "--seed", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(server.python), "-m", "tasks.serve.serve_bench", str(out.resolve()), *args],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"load test failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path = Paths.base_model,
+             sft_adapter: Path = Paths.sft_adapter, dpo_adapter: Path = Paths.dpo_adapter,
+             quantized: Path = Paths.quantized, sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
+             out_dir: Path = Paths.eval_dir) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
+    test_set = list(read_jsonl(sft_test))
+    with VLLMServer(deploy_cfg, quantized) as server:
+        metrics["ppl"]["served"] = round(served_perplexity(server, load_tokenizer(quantized), test_set,
+                                                           cfg.concurrency), 4)
+        answers = served_answers(server, test_set, cfg)
+        latency = load_test(server, cfg, quantized, out_dir / "load_test.json")
+    write_jsonl(out_dir / "answers.jsonl", answers)
+    metrics["rouge_l"] = round(sum(a["rouge_l"] for a in answers) / len(answers), 4)
+    metrics["serving"] = {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
+                          "tpot_median_ms": round(latency["median_tpot_ms"], 1),
+                          "output_tok_s": round(latency["output_throughput"], 1),
+                          "requests_failed": latency["failed"], "concurrency": cfg.concurrency}
+    plots.bars(metrics["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")
+    write_json(out_dir / Paths.metrics.name, metrics)
+    return metrics
+

@@ -1,0 +1,43 @@
+"""The run report: one short markdown page per pipeline run, saying what was decided and on which figures."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from tasks.config import Paths
+
+
+def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Sequence[str] = ()) -> str:
+    """The verdict and the gates first, then the model, serving, data and stage-time figures behind them."""
+    timed = [(name, Paths.stage_metrics / f"{name}.json") for name in stage_order if name != "register"]
+    stage_times = {name: json.loads(path.read_text()).get("duration_s") for name, path in timed if path.exists()}
+    clean = json.loads(Paths.clean_report.read_text()) if Paths.clean_report.exists() else {}
+    lines = [f"# Run report: **{result['alias']}**", "", f"Verdict: {result['why']}.", ""]
+    if "version" in result:
+        lines += [f"Registered as `{result['uri']}` (version {result['version']}).", ""]
+    lines += ["| gate | value | limit | passed |", "|---|---:|---:|:---:|"]
+    lines += [f"| {g['gate']} | {g['value']} | {g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |"
+              for g in result["gates"]]
+    ppl, serving = metrics["ppl"], metrics["serving"]
+    quant = metrics["quantization"]
+    lines += ["", "## Model", "", "| model | held-out ppl |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in ppl.items()]
+    lines += ["", "base/SFT/DPO in transformers (fp32 on a CPU); served = the quantized checkpoint scored by vLLM. "
+              f"Quantization, one fp32 forward before and after: {quant['merged_ppl']} -> {quant['quantized_ppl']} "
+              f"(x{quant['ppl_ratio']}), {quant['merged_mb']} -> {quant['quantized_mb']} MB."]
+    lines += ["", f"Preference accuracy (held-out pairs): {metrics['pref_accuracy']}; ROUGE-L of served answers: "
+              f"{metrics['rouge_l']}.", "",
+              f"Serving (vLLM, concurrency {serving['concurrency']}): TTFT median {serving['ttft_median_ms']} ms, "
+              f"TPOT median {serving['tpot_median_ms']} ms, {serving['output_tok_s']} output tok/s, "
+              f"{serving['requests_failed']} failed requests. Smoke answer: \"{deployment.get('smoke_answer', '')}\"",
+              ""]
+    if clean:
+        lines += ["## Data", "", f"{clean['rows_in']} conversations in, {clean['rows_kept']} kept; dropped: "
+                  + ", ".join(f"{k} {v}" for k, v in clean["dropped_by_reason"].items())
+                  + "; PII replaced: " + (", ".join(f"{k} {v}" for k, v in clean["pii_by_type"].items()) or "none")
+                  + ".", ""]
+    if stage_times:
+        lines += ["## Stage times (last run of each)", "", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in stage_times.items()]
+        lines += [f"| **total** | {round(sum(v for v in stage_times.values() if v), 1)} |"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,26 @@
+"""Stage 8: serve the candidate with vLLM's OpenAI-compatible server, check health, smoke-test, stop cleanly."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tasks.common.jsonl import write_json
+from tasks.common.vllm_server import ServerError, VLLMServer
+from tasks.config import DeployConfig, Paths
+
+SMOKE_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+def deploy(cfg: DeployConfig, model_dir: Path = Paths.quantized, report: Path = Paths.deploy_report) -> dict:
+    with VLLMServer(cfg, model_dir) as server:
+        t0 = time.monotonic()
+        reply = server.chat(SMOKE_PROMPT)
+        latency = time.monotonic() - t0
+        answer = reply["choices"][0]["message"]["content"]
+    if not answer.strip():
+        raise ServerError("smoke test: the served model returned an empty answer")
+    result = {"startup_s": server.startup_s, "smoke_latency_s": round(latency, 3), "smoke_prompt":
+              SMOKE_PROMPT[0]["content"], "smoke_answer": answer, "completion_tokens":
+              reply["usage"]["completion_tokens"], "model_dir": str(model_dir), "command": server.command()}
+    write_json(report, result)
+    return {k: v for k, v in result.items() if k != "command"}

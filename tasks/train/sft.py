@@ -1,0 +1,44 @@
+"""Stage 5: supervised fine-tuning through TRL's SFTTrainer, loss on assistant tokens only.
+
+The base tokenizer's chat template carries `{% generation %}` markers (see base_model.py), so TRL masks every
+prompt token to -100 and trains on replies including their end-of-turn token. tasks/train/chat_template.py checks that on
+real rows before training: a template that would train on prompts, or on nothing, stops the stage with the fix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+
+from tasks.common.jsonl import read_jsonl
+from tasks.config import Paths, SftConfig
+from tasks.train import adapters, checkpoints
+from tasks.train.chat_template import check_assistant_mask
+from tasks.train.modeling import load_tokenizer
+from tasks.train.training import train, trainer_args
+
+
+def build_trainer(cfg: SftConfig, seed: int, base_model: Path, train_file: Path, test_file: Path,
+                  checkpoint_dir: Path):
+    from trl import SFTConfig, SFTTrainer
+
+    rows = list(read_jsonl(train_file))
+    tokenizer = load_tokenizer(base_model)
+    check_assistant_mask(tokenizer, [r["messages"] for r in rows])
+    args = SFTConfig(**trainer_args(cfg, checkpoint_dir, seed), assistant_only_loss=True, packing=cfg.packing,
+                     eval_strategy="steps", eval_steps=cfg.eval_steps)
+    model, peft_config = adapters.sft_model(cfg, base_model)
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                      eval_dataset=Dataset.from_list(list(read_jsonl(test_file))), processing_class=tokenizer,
+                      peft_config=peft_config)
+
+
+def sft(cfg: SftConfig, seed: int, base_model: Path = Paths.base_model, train_file: Path = Paths.sft_train,
+        test_file: Path = Paths.sft_test, out_dir: Path = Paths.sft_adapter,
+        checkpoint_root: Path = checkpoints.ROOT) -> dict:
+    key = checkpoints.fingerprint(cfg, seed, [base_model, train_file, test_file])
+    checkpoint_dir = checkpoints.run_dir("sft", key, checkpoint_root)
+    trainer = build_trainer(cfg, seed, base_model, train_file, test_file, checkpoint_dir)
+    metrics = train(trainer, out_dir, checkpoint_dir, "SFT loss")
+    metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+    return metrics

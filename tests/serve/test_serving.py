@@ -1,0 +1,104 @@
+"""A real vLLM server (the serving env, started as a user would) on a real quantized checkpoint.
+
+The perplexity ratios compare like with like, so they hold on any x86 CPU (AMX, AVX512-BF16 or AVX2 only): quantized
+vs merged is one fp32 forward before and after quantization, and served vs quantized is the same replies scored by
+vLLM. Each check is shown to fail on a model that is truly worse: 4-bit weights on a 135M model, a corrupted scale.
+"""
+import json
+
+import pytest
+import torch
+
+from tasks.common.vllm_server import ServerError, VLLMServer
+from tasks.config import DeployConfig, GatesConfig, QuantizeConfig
+from tasks.serve.deploy import SMOKE_PROMPT
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+SERVE_PY = str(ROOT / ".venv-serve" / "bin" / "python")
+GATES = GatesConfig()
+
+
+@pytest.fixture(scope="module")
+def untrained_adapter(base_model_dir, tmp_path_factory):
+    """An untrained LoRA (B=0): merging it must leave the model's answers intact."""
+    from peft import LoraConfig, get_peft_model
+
+    from tasks.train.modeling import load_model
+
+    adapter = tmp_path_factory.mktemp("adapter") / "adapter"
+    get_peft_model(load_model(base_model_dir), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(adapter)
+    return adapter
+
+
+def quantize(scheme, base_model_dir, adapter, sft, out):
+    from tasks.serve.quantize import merge_and_quantize
+
+    return merge_and_quantize(QuantizeConfig(scheme=scheme), base_model_dir, adapter, sft, out / "merged",
+                              out / "quantized")
+
+
+def served_ppl(model_dir, conversations) -> tuple[float, str]:
+    from tasks.evaluate.evaluate import served_perplexity
+    from tasks.train.modeling import load_tokenizer
+
+    with VLLMServer(DeployConfig(python=SERVE_PY), model_dir) as server:
+        ppl = served_perplexity(server, load_tokenizer(model_dir), conversations, concurrency=4)
+        return ppl, server.chat(SMOKE_PROMPT)["choices"][0]["message"]["content"]
+
+
+def corrupt_scales(model_dir, factor: float = 4.0) -> None:
+    """Multiply every MLP down-projection's int8 scale: a checkpoint that loads and runs, but is wrong."""
+    from safetensors.torch import load_file, save_file
+
+    path = model_dir / "model.safetensors"
+    tensors = load_file(path)
+    for name in [n for n in tensors if n.endswith("mlp.down_proj.weight_scale")]:
+        tensors[name] = (tensors[name].float() * factor).to(tensors[name].dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_w8a8_is_small_and_close_and_vllm_serves_what_was_measured(base_model_dir, untrained_adapter, tiny_sets,
+                                                                  tmp_path):
+    from tasks.common.jsonl import read_jsonl
+
+    q = quantize("W8A8", base_model_dir, untrained_adapter, tiny_sets["sft"], tmp_path)
+    assert q["quantized_mb"] < 0.7 * q["merged_mb"]
+    assert q["ppl_ratio"] <= GATES.max_quant_ppl_ratio            # measured 0.995 on an AVX2 EPYC
+    config = json.loads((tmp_path / "quantized" / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["quantization_config"]["format"] == "int-quantized"
+
+    conversations = list(read_jsonl(tiny_sets["sft"]))
+    served, answer = served_ppl(tmp_path / "quantized", conversations)
+    assert served <= GATES.max_served_ppl_ratio * q["quantized_ppl"]   # measured 1.02
+    assert "paris" in answer.lower()
+
+    corrupt_scales(tmp_path / "quantized")
+    corrupted, _ = served_ppl(tmp_path / "quantized", conversations)
+    assert corrupted > GATES.max_served_ppl_ratio * q["quantized_ppl"]
+
+
+def test_lossy_quantization_fails_the_like_for_like_ratio(base_model_dir, untrained_adapter, tiny_sets, tmp_path):
+    q = quantize("W4A16", base_model_dir, untrained_adapter, tiny_sets["sft"], tmp_path)
+    assert q["ppl_ratio"] > GATES.max_quant_ppl_ratio             # measured 1.44: 4-bit weights at 135M lose
+    assert q["quantized_mb"] < 0.5 * q["merged_mb"]
+    assert torch.float32 not in {t.dtype for t in _tensors(tmp_path / "quantized")}   # stored in the serving dtype
+
+
+def _tensors(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors").values()
+
+
+def test_server_that_cannot_start_fails_with_the_cause(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    server = VLLMServer(DeployConfig(python=SERVE_PY, startup_timeout_s=120), tmp_path / "not-a-model")
+    with pytest.raises(ServerError, match="exited with code"):
+        server.start()
+    assert server.proc.poll() is not None
+
+
+def test_missing_serving_env_is_a_clear_error(tmp_path):
+    with pytest.raises(ServerError, match="make setup"):
+        VLLMServer(DeployConfig(python=str(tmp_path / "nope" / "python")), tmp_path)
