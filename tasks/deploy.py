@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tasks.config import TELEMETRY_OFF, DeployConfig, Paths
+from tasks.hardware import serving_dtype
 from tasks.jsonl import write_json
 
 SERVED_NAME = "candidate"
@@ -62,7 +63,7 @@ class VLLMServer:
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir.resolve()),
                "--host", self.cfg.host, "--port", str(self.port), "--max-model-len", str(self.cfg.max_model_len),
                "--served-model-name", SERVED_NAME,
-               "--gpu-memory-utilization", str(self.cfg.memory_utilization)]
+               "--gpu-memory-utilization", str(self.cfg.memory_utilization), "--dtype", serving_dtype(self.cfg.dtype)]
         return cmd + (["--enforce-eager"] if self.cfg.enforce_eager else []) + list(self.cfg.extra_args)
 
     def start(self) -> "VLLMServer":
@@ -105,7 +106,7 @@ class VLLMServer:
 
     def post(self, path: str, body: dict) -> dict:
         try:
-            return http_json(f"{self.base_url}{path}", body)
+            return http_json(f"{self.base_url}{path}", body, timeout=self.cfg.request_timeout_s)
         except urllib.error.HTTPError as err:
             raise ServerError(f"vLLM answered {err.code} {err.reason}; server log:\n{self.log_tail()}") from err
 
@@ -148,6 +149,7 @@ def deploy(cfg: DeployConfig, model_dir: Path = Paths.quantized, report: Path = 
         raise ServerError("smoke test: the served model returned an empty answer")
     result = {"startup_s": server.startup_s, "smoke_latency_s": round(latency, 3), "smoke_prompt":
               SMOKE_PROMPT[0]["content"], "smoke_answer": answer, "completion_tokens":
-              reply["usage"]["completion_tokens"], "model_dir": str(model_dir), "command": server.command()}
+              reply["usage"]["completion_tokens"], "dtype": serving_dtype(cfg.dtype), "model_dir": str(model_dir),
+              "command": server.command()}
     write_json(report, result)
     return {k: v for k, v in result.items() if k != "command"}
