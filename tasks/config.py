@@ -161,7 +161,9 @@ class DeployConfig(_Section):
     max_model_len: int = 1024
     enforce_eager: bool = True
     memory_utilization: float = Field(0.5, gt=0, le=1)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"   # auto: fp32 on CPUs without native bf16
     startup_timeout_s: float = 300
+    request_timeout_s: float = 600           # one request, queueing included (a slow CPU at high concurrency)
     extra_args: list[str] = []
     env: dict[str, str] = {}
 

@@ -33,3 +33,17 @@ def hardware_tags() -> dict[str, str]:
     model, flags = cpu_info()
     return {"hw.cpu": model, "hw.cpu_flags": ",".join(f for f in REPORTED if f in flags) or "none",
             "hw.cpu_native_bf16": str(native_bf16_cpu()).lower()}
+
+
+def has_cuda_gpu() -> bool:
+    """An NVIDIA GPU is visible to this machine (its driver lists one); asked without importing torch."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def serving_dtype(requested: str) -> str:
+    """vLLM's --dtype. `auto` keeps the checkpoint's bf16 on a GPU or a CPU with native bf16, and serves fp32 on other
+    CPUs, where vLLM's emulated bf16 is 4x slower (AVX2 EPYC, 32 requests x 64 tokens: 116 s bf16, 29 s fp32)."""
+    if requested != "auto":
+        return requested
+    return "auto" if has_cuda_gpu() or native_bf16_cpu() else "float32"

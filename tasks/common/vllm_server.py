@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tasks.common.hardware import serving_dtype
 from tasks.config import TELEMETRY_OFF, DeployConfig
 
 SERVED_NAME = "candidate"
@@ -62,7 +63,7 @@ class VLLMServer:
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir.resolve()),
                "--host", self.cfg.host, "--port", str(self.port), "--max-model-len", str(self.cfg.max_model_len),
                "--served-model-name", SERVED_NAME,
-               "--gpu-memory-utilization", str(self.cfg.memory_utilization)]
+               "--gpu-memory-utilization", str(self.cfg.memory_utilization), "--dtype", serving_dtype(self.cfg.dtype)]
         return cmd + (["--enforce-eager"] if self.cfg.enforce_eager else []) + list(self.cfg.extra_args)
 
     def start(self) -> "VLLMServer":
@@ -105,7 +106,7 @@ class VLLMServer:
 
     def post(self, path: str, body: dict) -> dict:
         try:
-            return http_json(f"{self.base_url}{path}", body)
+            return http_json(f"{self.base_url}{path}", body, timeout=self.cfg.request_timeout_s)
         except urllib.error.HTTPError as err:
             raise ServerError(f"vLLM answered {err.code} {err.reason}; server log:\n{self.log_tail()}") from err
 

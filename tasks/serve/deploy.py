@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tasks.common.hardware import serving_dtype
 from tasks.common.jsonl import write_json
 from tasks.common.vllm_server import ServerError, VLLMServer
 from tasks.config import DeployConfig, Paths
@@ -21,6 +22,7 @@ def deploy(cfg: DeployConfig, model_dir: Path = Paths.quantized, report: Path = 
         raise ServerError("smoke test: the served model returned an empty answer")
     result = {"startup_s": server.startup_s, "smoke_latency_s": round(latency, 3), "smoke_prompt":
               SMOKE_PROMPT[0]["content"], "smoke_answer": answer, "completion_tokens":
-              reply["usage"]["completion_tokens"], "model_dir": str(model_dir), "command": server.command()}
+              reply["usage"]["completion_tokens"], "dtype": serving_dtype(cfg.dtype), "model_dir": str(model_dir),
+              "command": server.command()}
     write_json(report, result)
     return {k: v for k, v in result.items() if k != "command"}
