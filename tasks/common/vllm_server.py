@@ -108,7 +108,8 @@ class VLLMServer:
         try:
             return http_json(f"{self.base_url}{path}", body, timeout=self.cfg.request_timeout_s)
         except urllib.error.HTTPError as err:
-            raise ServerError(f"vLLM answered {err.code} {err.reason}; server log:\n{self.log_tail()}") from err
+            raise ServerError(f"vLLM answered {err.code} {err.reason}: {err.read()[:1000].decode(errors='replace')}\n"
+                              f"server log:\n{self.log_tail()}") from err
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
         return self.post("/v1/chat/completions", {"model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens,

@@ -80,10 +80,12 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path = Paths.b
              out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
-    test_set = list(read_jsonl(sft_test))
-    with VLLMServer(deploy_cfg, quantized) as server:
-        metrics["ppl"]["served"] = round(served_perplexity(server, load_tokenizer(quantized), test_set,
-                                                           cfg.concurrency), 4)
+    test_set, tokenizer = list(read_jsonl(sft_test)), load_tokenizer(quantized)
+    longest = max(len(completion_batch(tokenizer, *split_last_reply(c["messages"]))[0]) for c in test_set)
+    # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
+    serve_cfg = deploy_cfg.model_copy(update={"max_model_len": max(deploy_cfg.max_model_len, longest + 1)})
+    with VLLMServer(serve_cfg, quantized) as server:
+        metrics["ppl"]["served"] = round(served_perplexity(server, tokenizer, test_set, cfg.concurrency), 4)
         answers = served_answers(server, test_set, cfg)
         latency = load_test(server, cfg, quantized, out_dir / "load_test.json")
     write_jsonl(out_dir / "answers.jsonl", answers)
