@@ -8,13 +8,17 @@ the flow on a cron schedule.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+# the ephemeral server's default 20 s start budget runs out on a loaded 2-core CPU; read when prefect is imported
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from tasks.config import Config, apply_runtime_env, load_config
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from tasks.config import Config, apply_runtime_env, load_config  # noqa: E402
 
 
 def _dvc_repo():
