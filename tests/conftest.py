@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,22 @@ from tasks.config import TELEMETRY_OFF
 ROOT = Path(__file__).resolve().parents[1]
 for key, value in {**TELEMETRY_OFF, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(key, value)
+
+
+@pytest.fixture(autouse=True)
+def restore_mlflow_globals():
+    """`tracking.configure` points MLflow's process globals (tracking URI, active experiment, MLFLOW_* variables) at
+    a test's own store. Put them back, so the next test's fresh store is not asked for an experiment it never had
+    (this failed CI once the tests were grouped by phase and ran in a new order)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    os.environ.update(saved)
+    if "mlflow" in sys.modules:   # mlflow keeps both in module globals, not in the environment
+        from mlflow.tracking import _tracking_service, fluent
+        fluent._active_experiment_id = None
+        _tracking_service.utils._tracking_uri = None
 
 
 @pytest.fixture(scope="session")
