@@ -21,12 +21,12 @@ from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
 from tasks.common.vllm_server import SERVED_NAME, VLLMServer
 from tasks.config import DeployConfig, EvaluateConfig, Paths
 from tasks.train.modeling import (
-    completion_batch,
     load_model,
     load_tokenizer,
     perplexity,
     perplexity_of,
     preference_accuracy,
+    reply_batches,
     split_last_reply,
 )
 
@@ -43,9 +43,9 @@ def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Pa
     return {"ppl": {k: round(v, 4) for k, v in ppl.items()}, "pref_accuracy": round(accuracy, 4)}
 
 
-def served_perplexity(server: VLLMServer, tokenizer, conversations: list[dict], concurrency: int) -> float:
-    """Perplexity of the final replies under the served model, token for token what `perplexity` scores."""
-    batches = [completion_batch(tokenizer, *split_last_reply(c["messages"])) for c in conversations]
+def served_perplexity(server: VLLMServer, batches: list[tuple[list[int], int]], concurrency: int) -> float:
+    """Perplexity of the final replies (`reply_batches`) under the served model, token for token what `perplexity`
+    scores."""
     with ThreadPoolExecutor(concurrency) as pool:
         logprobs = list(pool.map(server.prompt_logprobs, [ids for ids, _ in batches]))
     return perplexity_of([(sum(lp[start:]), len(ids) - start) for lp, (ids, start) in zip(logprobs, batches)])
@@ -81,11 +81,12 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path = Paths.b
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
     test_set, tokenizer = list(read_jsonl(sft_test)), load_tokenizer(quantized)
-    longest = max(len(completion_batch(tokenizer, *split_last_reply(c["messages"]))[0]) for c in test_set)
+    batches = reply_batches(tokenizer, test_set)
+    longest = max(len(ids) for ids, _ in batches)
     # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
     serve_cfg = deploy_cfg.model_copy(update={"max_model_len": max(deploy_cfg.max_model_len, longest + 1)})
     with VLLMServer(serve_cfg, quantized) as server:
-        metrics["ppl"]["served"] = round(served_perplexity(server, tokenizer, test_set, cfg.concurrency), 4)
+        metrics["ppl"]["served"] = round(served_perplexity(server, batches, cfg.concurrency), 4)
         answers = served_answers(server, test_set, cfg)
         latency = load_test(server, cfg, quantized, out_dir / "load_test.json")
     write_jsonl(out_dir / "answers.jsonl", answers)

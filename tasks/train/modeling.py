@@ -82,6 +82,11 @@ def completion_batch(tokenizer, prompt: list[dict], completion: list[dict]) -> t
     return prompt_ids + reply_ids, len(prompt_ids)
 
 
+def reply_batches(tokenizer, conversations: list[dict]) -> list[tuple[list[int], int]]:
+    """`completion_batch` of each conversation's last reply given everything before it."""
+    return [completion_batch(tokenizer, *split_last_reply(c["messages"])) for c in conversations]
+
+
 @torch.inference_mode()
 def completion_logprobs(model, tokenizer, pairs: list[tuple[list[dict], list[dict]]]) -> list[tuple[float, int]]:
     """Sum of log-probabilities of each completion given its prompt, and its token count (one sequence at a time:

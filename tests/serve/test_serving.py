@@ -40,10 +40,10 @@ def quantize(scheme, base_model_dir, adapter, sft, out):
 
 def served_ppl(model_dir, conversations) -> tuple[float, str]:
     from tasks.evaluate.evaluate import served_perplexity
-    from tasks.train.modeling import load_tokenizer
+    from tasks.train.modeling import load_tokenizer, reply_batches
 
     with VLLMServer(DeployConfig(python=SERVE_PY), model_dir) as server:
-        ppl = served_perplexity(server, load_tokenizer(model_dir), conversations, concurrency=4)
+        ppl = served_perplexity(server, reply_batches(load_tokenizer(model_dir), conversations), concurrency=4)
         return ppl, server.chat(SMOKE_PROMPT)["choices"][0]["message"]["content"]
 
 
