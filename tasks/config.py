@@ -177,12 +177,22 @@ class EvaluateConfig(_Section):
     load_output_len: int = 64
 
 
+class VsChampionConfig(_Section):
+    """How much worse than the champion a candidate may be. Both are measured in the same evaluate run, on the same
+    held-out rows and the same machine, so latency ratios compare like with like."""
+    max_ppl_ratio: float = 1.02              # candidate served ppl <= champion's x this
+    max_rouge_l_drop: float = 0.02           # candidate ROUGE-L >= champion's - this
+    max_ttft_ratio: float = 1.5              # medians on a shared CPU move by tens of percent between runs
+    max_tpot_ratio: float = 1.25
+
+
 class GatesConfig(_Section):
     max_ppl_ratio_vs_base: float = 1.10
     max_quant_ppl_ratio: float = 1.05        # quantized / merged, one fp32 forward before and after (quantize stage)
     max_served_ppl_ratio: float = 1.10       # vLLM's served ppl / transformers' quantized ppl: the engine serves it
     min_pref_accuracy: float = 0.5
     min_rouge_l: float = 0.0
+    vs_champion: VsChampionConfig = VsChampionConfig()
 
 
 class Config(_Section):
@@ -226,8 +236,10 @@ class Paths:
     deploy_report = data / "deploy" / "deployment.json"
     eval_dir = data / "eval"
     metrics = eval_dir / "metrics.json"
+    champion_cache = Path(".cache") / "champion"   # registered versions fetched to be served beside the candidate
     registry_report = data / "registry" / "registration.json"
     run_report = data / "registry" / "report.md"
+    vs_champion_plot = data / "registry" / "vs_champion.png"
     stage_metrics = data / "metrics"   # one JSON of metrics per stage, read back by the run report
 
 

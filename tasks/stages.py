@@ -67,7 +67,7 @@ def _deploy(cfg):
 
 def _evaluate(cfg):
     from tasks.evaluate.evaluate import evaluate
-    return evaluate(cfg.evaluate, cfg.deploy)
+    return evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model)
 
 
 def _register(cfg):
@@ -85,8 +85,9 @@ STAGES = [
     Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,)),
     Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json",)),
     Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1),
-    Stage("evaluate", _evaluate, ("evaluate",), (Paths.eval_dir,), retries=1),
-    Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report), report=Paths.run_report),
+    Stage("evaluate", _evaluate, ("evaluate", "tracking"), (Paths.eval_dir,), retries=1),
+    Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report, Paths.vs_champion_plot),
+          report=Paths.run_report),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,7 +131,7 @@ def log_results(metrics: dict, artifacts: list[Path]) -> None:
             mlflow.log_artifact(str(path))
 
 
-def register_model(name: str, model_dir: Path, alias: str, description: str) -> dict:
+def register_model(name: str, model_dir: Path, alias: str, description: str, tags: dict[str, str] | None = None) -> dict:
     """Log the served model folder to the current run, create a registry version from it and point `alias` at it."""
     mlflow.log_artifacts(str(model_dir), artifact_path="model")
     run = mlflow.active_run()
@@ -140,7 +141,34 @@ def register_model(name: str, model_dir: Path, alias: str, description: str) -> 
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name)
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
-                                          description=description)
+                                          description=description, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
     return {"model": name, "version": int(version.version), "alias": alias,
             "uri": f"models:/{name}@{alias}"}
+
+
+def champion(name: str, alias: str = "champion") -> dict | None:
+    """The registry version `alias` points at ({version, source, run_id}), or None before the first champion."""
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return {"version": int(version.version), "source": version.source, "run_id": version.run_id}
+
+
+def fetch_model(source: str, dest: Path) -> Path:
+    """A registered model's files in a local folder (downloaded once; a version's files never change)."""
+    if not (dest / "config.json").exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial))).rename(dest)
+        shutil.rmtree(partial)
+    return dest
+
+
+def log_table(rows: list[dict], name: str) -> None:
+    """Per-example rows as an MLflow table (the run's Artifacts and the Evaluation view), when a run is open."""
+    if rows and active():
+        mlflow.log_table({key: [row.get(key) for row in rows] for key in rows[0]}, artifact_file=name)

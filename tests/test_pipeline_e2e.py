@@ -126,3 +126,38 @@ def test_dvc_repro_after_the_flow_has_nothing_to_do(project):
     assert out.returncode == 0, out.stderr
     assert "Running stage" not in out.stdout
     assert "up to date" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def worse_retrain(project):
+    """The same project re-run with training switched off (learning rate 0): the candidate is the base model again,
+    worse than the champion the first run trained. Runs last: it adds a third pipeline run."""
+    proj, env, _ = project
+    before = json.loads((proj / "data/registry/registration.json").read_text())
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["sft"]["learning_rate"] = params["dpo"]["learning_rate"] = 0.0
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return proj, before, json.loads((proj / "data/registry/registration.json").read_text())
+
+
+def test_a_worse_retrain_stays_challenger_and_the_champion_keeps_its_alias(worse_retrain):
+    proj, before, after = worse_retrain
+    assert before["alias"] == "champion"
+    assert after["alias"] == "challenger" and "served ppl vs champion" in after["why"], after["why"]
+    metrics = json.loads((proj / "data/eval/metrics.json").read_text())
+    assert metrics["champion"]["version"] == before["version"]          # served and measured in the same run
+    assert metrics["ppl"]["served"] > metrics["champion"]["ppl"]["served"]
+    client = MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db")
+    assert int(client.get_model_version_by_alias("smollm2-sharegpt", "champion").version) == before["version"]
+    challenger = client.get_model_version_by_alias("smollm2-sharegpt", "challenger")
+    assert int(challenger.version) == after["version"] > before["version"]
+    assert challenger.tags["compared_with_champion"] == str(before["version"])
+    report = (proj / "data/registry/report.md").read_text()
+    assert "## Against the champion" in report and "| served ppl |" in report
+    answers = [json.loads(line) for line in (proj / "data/eval/answers.jsonl").read_text().splitlines()]
+    assert all(a["champion_answer"].strip() for a in answers)
+    evaluate_run = client.search_runs([client.get_experiment_by_name("finetune-pipeline").experiment_id],
+                                      "tags.stage = 'evaluate'", order_by=["attributes.start_time DESC"])[0]
+    assert "eval/answers.json" in {a.path for a in client.list_artifacts(evaluate_run.info.run_id, "eval")}

@@ -43,3 +43,21 @@ def curves(series: dict[str, list[tuple[int, float]]], path: Path, title: str, y
     ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.legend()
     return _save(fig, path)
+
+
+def versus(candidate: dict[str, float], reference: dict[str, float], path: Path, title: str) -> Path:
+    """Each figure relative to the reference's (reference = 1), raw values written on the bars."""
+    fig, ax = plt.subplots(figsize=(6, 0.7 * len(candidate) + 1.2))
+    names = list(candidate)
+    rows = range(len(names))
+    ratios = [candidate[n] / reference[n] if reference[n] else 1.0 for n in names]
+    ax.barh([r + 0.2 for r in rows], [1.0] * len(names), height=0.4, color="#8c8c8c", label="champion")
+    ax.barh([r - 0.2 for r in rows], ratios, height=0.4, color="#4c72b0", label="candidate")
+    for r, n, ratio in zip(rows, names, ratios):
+        ax.text(ratio, r - 0.2, f" {candidate[n]:g}", va="center", fontsize=8)
+        ax.text(1.0, r + 0.2, f" {reference[n]:g}", va="center", fontsize=8)
+    ax.set_yticks(list(rows), names)
+    ax.axvline(1.0, color="#333333", linewidth=0.8)
+    ax.set(title=title, xlabel="relative to the champion")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

@@ -4,7 +4,9 @@
   checkpoint as vLLM serves it (`served`, scored by the endpoint's prompt logprobs: the model users get);
 - DPO preference accuracy on held-out pairs (implicit reward of the DPO policy against the SFT reference);
 - ROUGE-L of the served model's answers against the references;
-- serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client.
+- serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client;
+- the same served figures for the registry's current champion, measured here, now, on the same rows (`champion`):
+  the register stage refuses a candidate that is worse than what users are served today.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from rouge_score import rouge_scorer
 
+from tasks import tracking
 from tasks.common import plots
 from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
 from tasks.common.vllm_server import SERVED_NAME, VLLMServer
@@ -74,27 +77,55 @@ def load_test(server: VLLMServer, cfg: EvaluateConfig, tokenizer_dir: Path, out:
     return json.loads(out.read_text())
 
 
-def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path = Paths.base_model,
+def score_served(model_dir: Path, test_set: list[dict], cfg: EvaluateConfig, deploy_cfg: DeployConfig,
+                 load_out: Path) -> tuple[dict, list[dict]]:
+    """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L) and latency under load. The candidate
+    and the champion both go through here, one after the other (two vLLM servers at once do not fit a 2-core CPU)."""
+    batches = reply_batches(load_tokenizer(model_dir), test_set)
+    # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
+    longest = max(len(ids) for ids, _ in batches)
+    serve_cfg = deploy_cfg.model_copy(update={"max_model_len": max(deploy_cfg.max_model_len, longest + 1)})
+    with VLLMServer(serve_cfg, model_dir) as server:
+        ppl = served_perplexity(server, batches, cfg.concurrency)
+        answers = served_answers(server, test_set, cfg)
+        latency = load_test(server, cfg, model_dir, load_out)
+    return {"ppl": {"served": round(ppl, 4)},
+            "rouge_l": round(sum(a["rouge_l"] for a in answers) / len(answers), 4),
+            "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
+                        "tpot_median_ms": round(latency["median_tpot_ms"], 1),
+                        "output_tok_s": round(latency["output_throughput"], 1),
+                        "requests_failed": latency["failed"], "concurrency": cfg.concurrency}}, answers
+
+
+def score_champion(model_name: str, test_set: list[dict], cfg: EvaluateConfig, deploy_cfg: DeployConfig,
+                   answers: list[dict]) -> dict | None:
+    """The registry's champion, served and scored exactly as the candidate was; its answers join the candidate's rows.
+    None before the first champion (the gates then say so)."""
+    found = tracking.champion(model_name)
+    if found is None:
+        return None
+    model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
+    scores, theirs = score_served(model_dir, test_set, cfg, deploy_cfg, model_dir.parent / "load_test.json")
+    for row, other in zip(answers, theirs):
+        row |= {"champion_answer": other["answer"], "champion_rouge_l": other["rouge_l"]}
+    return {"version": found["version"], **scores}
+
+
+def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, base: Path = Paths.base_model,
              sft_adapter: Path = Paths.sft_adapter, dpo_adapter: Path = Paths.dpo_adapter,
              quantized: Path = Paths.quantized, sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
              out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
-    test_set, tokenizer = list(read_jsonl(sft_test)), load_tokenizer(quantized)
-    batches = reply_batches(tokenizer, test_set)
-    longest = max(len(ids) for ids, _ in batches)
-    # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
-    serve_cfg = deploy_cfg.model_copy(update={"max_model_len": max(deploy_cfg.max_model_len, longest + 1)})
-    with VLLMServer(serve_cfg, quantized) as server:
-        metrics["ppl"]["served"] = round(served_perplexity(server, batches, cfg.concurrency), 4)
-        answers = served_answers(server, test_set, cfg)
-        latency = load_test(server, cfg, quantized, out_dir / "load_test.json")
+    test_set = list(read_jsonl(sft_test))
+    served, answers = score_served(quantized, test_set, cfg, deploy_cfg, out_dir / "load_test.json")
+    metrics["ppl"] |= served.pop("ppl")
+    metrics |= served
+    champion = score_champion(model_name, test_set, cfg, deploy_cfg, answers)
+    if champion:
+        metrics["champion"] = champion
     write_jsonl(out_dir / "answers.jsonl", answers)
-    metrics["rouge_l"] = round(sum(a["rouge_l"] for a in answers) / len(answers), 4)
-    metrics["serving"] = {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
-                          "tpot_median_ms": round(latency["median_tpot_ms"], 1),
-                          "output_tok_s": round(latency["output_throughput"], 1),
-                          "requests_failed": latency["failed"], "concurrency": cfg.concurrency}
+    tracking.log_table(answers, "eval/answers.json")
     plots.bars(metrics["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")
     write_json(out_dir / Paths.metrics.name, metrics)
     return metrics

@@ -1,6 +1,8 @@
 """Stage 10: register the served checkpoint in MLflow; alias `champion` only if every gate passes, else `challenger`.
 
-Gates come from params.yaml (`gates`). The human-readable run report (tasks/release/report.py) is written here,
+Gates come from params.yaml (`gates`): absolute limits, and no regression against the current champion beyond
+`gates.vs_champion` (evaluate measured both in the same run, on the same rows). The new champion's registry version
+carries the version it replaced (`previous_champion`), which is what a rollback points the alias back to. The human-readable run report (tasks/release/report.py) is written here,
 because this is the stage that knows the verdict and why; the stage order it lists times in is passed in.
 """
 from __future__ import annotations
@@ -10,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tasks import tracking
+from tasks.common import plots
 from tasks.common.jsonl import write_json
-from tasks.config import GatesConfig, Paths
+from tasks.config import GatesConfig, Paths, VsChampionConfig
 from tasks.release.report import run_report
 
 
@@ -27,24 +30,73 @@ def check_gates(cfg: GatesConfig, metrics: dict, quantization: dict, deployment:
         ("failed load-test requests", metrics["serving"]["requests_failed"], "<=", 0),
         ("smoke test answered", int(bool(deployment.get("smoke_answer", "").strip())), ">=", 1),
     ]
-    return [{"gate": name, "value": round(value, 4), "op": op, "limit": limit,
-             "passed": value <= limit if op == "<=" else value >= limit} for name, value, op, limit in rows]
+    return [_gate(*row) for row in rows]
+
+
+def _gate(name: str, value: float, op: str, limit: float) -> dict:
+    return {"gate": name, "value": round(value, 4), "op": op, "limit": limit,
+            "passed": value <= limit if op == "<=" else value >= limit}
+
+
+# (figure, where it is in the metrics, which way is better, its tolerance in gates.vs_champion)
+VS_CHAMPION = [
+    ("served ppl", ("ppl", "served"), "lower", "max_ppl_ratio"),
+    ("ROUGE-L", ("rouge_l",), "higher", "max_rouge_l_drop"),
+    ("TTFT p50 ms", ("serving", "ttft_median_ms"), "lower", "max_ttft_ratio"),
+    ("TPOT p50 ms", ("serving", "tpot_median_ms"), "lower", "max_tpot_ratio"),
+]
+
+
+def _at(metrics: dict, path: tuple[str, ...]) -> float:
+    for key in path:
+        metrics = metrics[key]
+    return metrics
+
+
+def compare_with_champion(cfg: VsChampionConfig, metrics: dict) -> list[dict]:
+    """One gate per headline figure: a ratio for lower-is-better figures, a difference for scores. Empty before the
+    first champion."""
+    champion = metrics.get("champion")
+    if not champion:
+        return []
+    rows = []
+    for name, path, better, tolerance in VS_CHAMPION:
+        ours, theirs, limit = _at(metrics, path), _at(champion, path), getattr(cfg, tolerance)
+        gate = (_gate(f"{name} vs champion", ours / theirs, "<=", limit) if better == "lower"
+                else _gate(f"{name} vs champion", ours - theirs, ">=", -limit))
+        rows.append(gate | {"candidate": ours, "champion": theirs})
+    return rows
 
 
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
              quantize_metrics: Path = Paths.stage_metrics / "quantize.json", deploy_report: Path = Paths.deploy_report,
              out: Path = Paths.registry_report, report_md: Path = Paths.run_report,
-             stage_order: Sequence[str] = ()) -> dict:
+             plot: Path = Paths.vs_champion_plot, stage_order: Sequence[str] = ()) -> dict:
     metrics = json.loads(metrics_file.read_text())
     quantization = json.loads(quantize_metrics.read_text())
     deployment = json.loads(deploy_report.read_text())
-    gates = check_gates(cfg, metrics, quantization, deployment)
+    comparisons = compare_with_champion(cfg.vs_champion, metrics)
+    if comparisons:
+        plots.versus({name: g["candidate"] for (name, *_), g in zip(VS_CHAMPION, comparisons)},
+                     {name: g["champion"] for (name, *_), g in zip(VS_CHAMPION, comparisons)},
+                     plot, f"Candidate vs champion v{metrics['champion']['version']}, "
+                     "same rows and CPU")
+    measured = metrics.get("champion", {}).get("version")
+    current = tracking.champion(model_name) if tracking.active() else None
+    if current and current["version"] != measured:   # another run was promoted after evaluate measured this one
+        comparisons.append({"gate": "champion unchanged since evaluate", "value": current["version"], "op": "==",
+                            "limit": measured, "passed": False})
+    gates = check_gates(cfg, metrics, quantization, deployment) + comparisons
     failed = [g["gate"] for g in gates if not g["passed"]]
     alias = "challenger" if failed else "champion"
     why = "all gates passed" if not failed else "failed gates: " + ", ".join(failed)
-    result = {"alias": alias, "why": why, "gates": gates}
+    result = {"alias": alias, "why": why, "gates": gates, "compared_with": measured,
+              "champion_before": current["version"] if current else None}
     if tracking.active():
-        result |= tracking.register_model(model_name, model_dir, alias, why)
+        tags = {"compared_with_champion": str(current["version"])} if current else {}
+        if current and alias == "champion":
+            tags["previous_champion"] = str(current["version"])   # rollback: point @champion back at it
+        result |= tracking.register_model(model_name, model_dir, alias, why, tags)
     write_json(out, result)
     report_md.write_text(run_report(result, metrics | {"quantization": quantization}, deployment, stage_order))
     return {"alias": alias, "gates_passed": len(gates) - len(failed), "gates_failed": len(failed),

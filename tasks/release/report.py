@@ -17,7 +17,8 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
         lines += [f"Registered as `{result['uri']}` (version {result['version']}).", ""]
     lines += ["| gate | value | limit | passed |", "|---|---:|---:|:---:|"]
     lines += [f"| {g['gate']} | {g['value']} | {g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |"
-              for g in result["gates"]]
+              for g in result["gates"] if "candidate" not in g]   # the champion comparisons: their own table
+    lines += ["", "## Against the champion", ""] + _versus_champion(result)
     ppl, serving = metrics["ppl"], metrics["serving"]
     quant = metrics["quantization"]
     lines += ["", "## Model", "", "| model | held-out ppl |", "|---|---:|"]
@@ -41,3 +42,15 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
         lines += [f"| {k} | {v} |" for k, v in stage_times.items()]
         lines += [f"| **total** | {round(sum(v for v in stage_times.values() if v), 1)} |"]
     return "\n".join(lines) + "\n"
+
+
+def _versus_champion(result: dict) -> list[str]:
+    rows = [g for g in result["gates"] if "candidate" in g]
+    if not rows:
+        return ["No champion yet: this is the first registered model, so only the absolute gates above decide."]
+    lines = [f"Both served and measured in this run, on the same held-out rows and CPU (champion: version "
+             f"{result['compared_with']}). Ratio for latency and perplexity, difference for ROUGE-L.", "",
+             "| figure | candidate | champion | ratio / diff | limit | passed |", "|---|---:|---:|---:|---:|:---:|"]
+    lines += [f"| {g['gate'].removesuffix(' vs champion')} | {g['candidate']} | {g['champion']} | {g['value']} | "
+              f"{g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |" for g in rows]
+    return lines

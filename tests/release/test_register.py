@@ -33,7 +33,8 @@ def _register(store, metrics, quantization=QUANTIZED):
     (store / "quantize.json").write_text(json.dumps(quantization))
     with mlflow.start_run():
         return register(GatesConfig(), "m", store / "model", store / "metrics.json", store / "quantize.json",
-                        store / "deployment.json", store / "registration.json", store / "report.md")
+                        store / "deployment.json", store / "registration.json", store / "report.md",
+                        store / "vs_champion.png")
 
 
 def test_champion_only_when_all_gates_pass(store):
@@ -60,3 +61,50 @@ def test_quantization_and_serving_gates_compare_like_with_like(store, quantizati
     result = _register(store, {**GOOD, "ppl": {**GOOD["ppl"], "served": served}}, quantization)
     assert result["alias"] == "challenger" and result["gates_failed"] == 1
     assert f"failed gates: {gate}" in (store / "report.md").read_text()
+
+
+def measured_against(version: int, **changes) -> dict:
+    """A candidate's metrics with the champion `version` measured beside it (the champion's figures are GOOD's)."""
+    champion = {"version": version, "ppl": {"served": 9.5}, "rouge_l": 0.2, "serving": GOOD["serving"]}
+    ours = {**GOOD, "ppl": {**GOOD["ppl"], "served": changes.pop("served", 9.5)},
+            "rouge_l": changes.pop("rouge_l", 0.2), "serving": {**GOOD["serving"], **changes}}
+    return ours | {"champion": champion}
+
+
+def test_first_model_has_no_champion_to_beat(store):
+    _register(store, GOOD)
+    assert "No champion yet" in (store / "report.md").read_text()
+    assert not (store / "vs_champion.png").exists()
+
+
+def test_candidate_worse_than_the_champion_stays_challenger(store):
+    assert _register(store, GOOD)["alias"] == "champion"
+    result = _register(store, measured_against(1, served=9.9, tpot_median_ms=45))   # +4% ppl, +50% TPOT
+    registration = json.loads((store / "registration.json").read_text())
+    assert result["alias"] == "challenger" and result["gates_failed"] == 2
+    assert registration["why"] == "failed gates: served ppl vs champion, TPOT p50 ms vs champion"
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias("m", "champion").version) == 1   # the alias did not move
+    assert int(client.get_model_version_by_alias("m", "challenger").version) == 2
+    assert client.get_model_version("m", "2").tags == {"compared_with_champion": "1"}
+    report = (store / "report.md").read_text()
+    assert "| served ppl | 9.9 | 9.5 | 1.0421 | <= 1.02 | **no** |" in report
+    assert "| ROUGE-L | 0.2 | 0.2 | 0.0 | >= -0.02 | yes |" in report
+    assert (store / "vs_champion.png").stat().st_size > 10_000
+
+
+def test_better_candidate_takes_over_and_remembers_whom_it_replaced(store):
+    _register(store, GOOD)
+    result = _register(store, measured_against(1, served=9.3, rouge_l=0.19, ttft_median_ms=140))   # within limits
+    assert result["alias"] == "champion" and result["version"] == 2
+    version = MlflowClient().get_model_version_by_alias("m", "champion")
+    assert int(version.version) == 2 and version.tags["previous_champion"] == "1"
+
+
+def test_candidate_measured_against_a_replaced_champion_is_refused(store):
+    _register(store, GOOD)
+    _register(store, measured_against(1))                  # v2 becomes champion
+    result = _register(store, measured_against(1, served=9.0))   # better than v1, but v2 is champion now
+    assert result["alias"] == "challenger"
+    assert "champion unchanged since evaluate" in json.loads((store / "registration.json").read_text())["why"]
+    assert int(MlflowClient().get_model_version_by_alias("m", "champion").version) == 2
