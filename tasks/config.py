@@ -114,8 +114,15 @@ class DatasetsConfig(_Section):
     sft_test_size: int = Field(48, ge=1)
     pref_train_size: int = Field(64, ge=1)
     pref_test_size: int = Field(32, ge=1)
-    max_new_tokens: int = 96
-    generation_concurrency: int = 32
+
+
+class PairsConfig(_Section):
+    """Preference pairs: rejected replies sampled from the SFT model, chosen and rejected on one token budget."""
+    max_tokens: int = Field(64, ge=1)        # the budget: chosen cut to it, rejected sampled to chosen's length
+    batch_size: int = Field(8, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    user_pairs: str = ""                     # a JSONL of prompt/chosen/rejected (message lists) to use instead
 
 
 class TrainConfig(_Section):
@@ -203,6 +210,7 @@ class Config(_Section):
     clean: CleanConfig = CleanConfig()
     datasets: DatasetsConfig = DatasetsConfig()
     sft: SftConfig = SftConfig()
+    pairs: PairsConfig = PairsConfig()
     dpo: DpoConfig = DpoConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     deploy: DeployConfig = DeployConfig()
@@ -227,8 +235,11 @@ class Paths:
     datasets_dir = data / "datasets"
     sft_train = datasets_dir / "sft_train.jsonl"
     sft_test = datasets_dir / "sft_test.jsonl"
-    pref_train = datasets_dir / "pref_train.jsonl"
-    pref_test = datasets_dir / "pref_test.jsonl"
+    pref_prompts_train = datasets_dir / "pref_prompts_train.jsonl"
+    pref_prompts_test = datasets_dir / "pref_prompts_test.jsonl"
+    pairs_dir = data / "pairs"
+    pref_train = pairs_dir / "pref_train.jsonl"
+    pref_test = pairs_dir / "pref_test.jsonl"
     sft_adapter = data / "models" / "sft_adapter"
     dpo_adapter = data / "models" / "dpo_adapter"
     merged = data / "models" / "merged"

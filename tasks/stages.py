@@ -42,12 +42,17 @@ def _clean(cfg):
 
 def _datasets(cfg):
     from tasks.train.datasets import build_datasets
-    return build_datasets(cfg.datasets, cfg.deploy, cfg.runtime.seed)
+    return build_datasets(cfg.datasets, cfg.runtime.seed)
 
 
 def _sft(cfg):
     from tasks.train.sft import sft
     return sft(cfg.sft, cfg.runtime.seed)
+
+
+def _pairs(cfg):
+    from tasks.train.pairs import build_pairs
+    return build_pairs(cfg.pairs, cfg.runtime.seed, cfg.datasets.test_fraction)
 
 
 def _dpo(cfg):
@@ -80,8 +85,9 @@ STAGES = [
     Stage("ingest", _ingest, ("ingest",), (Paths.ingest_report,)),
     Stage("clean", _clean, ("clean",), (Paths.clean_report, Paths.clean_report_md, Paths.clean_plots),
           report=Paths.clean_report_md),
-    Stage("datasets", _datasets, ("datasets", "runtime", "deploy"), (Paths.sft_test, Paths.pref_test)),
+    Stage("datasets", _datasets, ("datasets", "runtime"), (Paths.sft_test, Paths.pref_prompts_test)),
     Stage("sft", _sft, ("sft",), (Paths.sft_adapter,)),
+    Stage("pairs", _pairs, ("pairs", "runtime"), (Paths.pref_test,)),
     Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,)),
     Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json",)),
     Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1),

@@ -41,6 +41,18 @@ def base_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def untrained_adapter(base_model_dir, tmp_path_factory):
+    """An untrained LoRA (B=0): the base model's own answers, in the shape the SFT stage saves."""
+    from peft import LoraConfig, get_peft_model
+
+    from tasks.train.modeling import load_model
+
+    adapter = tmp_path_factory.mktemp("adapter") / "adapter"
+    get_peft_model(load_model(base_model_dir), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(adapter)
+    return adapter
+
+
 def conversation(user: str, assistant: str, cid: str) -> dict:
     return {"id": cid, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 

@@ -1,8 +1,9 @@
-"""Stage 9: how good and how fast is the candidate?
+"""Stage 10: how good and how fast is the candidate?
 
 - held-out perplexity of the final reply: base, SFT and DPO in transformers (fp32 on a CPU), and the quantized
   checkpoint as vLLM serves it (`served`, scored by the endpoint's prompt logprobs: the model users get);
-- DPO preference accuracy on held-out pairs (implicit reward of the DPO policy against the SFT reference);
+- DPO preference accuracy on held-out pairs (implicit reward of the DPO policy against the SFT reference), and how
+  often SFT and DPO alone prefer the chosen reply by likelihood (SFT's figure: the baseline DPO is read against);
 - ROUGE-L of the served model's answers against the references;
 - serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client;
 - the same served figures for the registry's current champion, measured here, now, on the same rows (`champion`):
@@ -28,7 +29,7 @@ from tasks.train.modeling import (
     load_tokenizer,
     perplexity,
     perplexity_of,
-    preference_accuracy,
+    preference_accuracies,
     reply_batches,
     split_last_reply,
 )
@@ -42,8 +43,9 @@ def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Pa
     dpo_model = load_model(base, adapter=dpo_adapter)
     ppl["sft"] = perplexity(sft_model, tokenizer, conversations, "ppl sft")
     ppl["dpo"] = perplexity(dpo_model, tokenizer, conversations, "ppl dpo")
-    accuracy = preference_accuracy(dpo_model, sft_model, tokenizer, list(read_jsonl(pref_test)))
-    return {"ppl": {k: round(v, 4) for k, v in ppl.items()}, "pref_accuracy": round(accuracy, 4)}
+    accuracy = preference_accuracies(dpo_model, sft_model, tokenizer, list(read_jsonl(pref_test)))
+    return {"ppl": {k: round(v, 4) for k, v in ppl.items()}, "pref_accuracy": accuracy["implicit_reward"],
+            "pref_likelihood_accuracy": {"sft": accuracy["likelihood_reference"], "dpo": accuracy["likelihood_policy"]}}
 
 
 def served_perplexity(server: VLLMServer, batches: list[tuple[list[int], int]], concurrency: int) -> float:

@@ -1,4 +1,4 @@
-"""Stage 10: register the served checkpoint in MLflow; alias `champion` only if every gate passes, else `challenger`.
+"""Stage 11: register the served checkpoint in MLflow; alias `champion` only if every gate passes, else `challenger`.
 
 Gates come from params.yaml (`gates`): absolute limits, and no regression against the current champion beyond
 `gates.vs_champion` (evaluate measured both in the same run, on the same rows). The new champion's registry version

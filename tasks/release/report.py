@@ -12,6 +12,8 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
     timed = [(name, Paths.stage_metrics / f"{name}.json") for name in stage_order if name != "register"]
     stage_times = {name: json.loads(path.read_text()).get("duration_s") for name, path in timed if path.exists()}
     clean = json.loads(Paths.clean_report.read_text()) if Paths.clean_report.exists() else {}
+    pairs_file = Paths.stage_metrics / "pairs.json"
+    pairs = json.loads(pairs_file.read_text()) if pairs_file.exists() else {}
     lines = [f"# Run report: **{result['alias']}**", "", f"Verdict: {result['why']}.", ""]
     if "version" in result:
         lines += [f"Registered as `{result['uri']}` (version {result['version']}).", ""]
@@ -26,8 +28,10 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
     lines += ["", "base/SFT/DPO in transformers (fp32 on a CPU); served = the quantized checkpoint scored by vLLM. "
               f"Quantization, one fp32 forward before and after: {quant['merged_ppl']} -> {quant['quantized_ppl']} "
               f"(x{quant['ppl_ratio']}), {quant['merged_mb']} -> {quant['quantized_mb']} MB."]
-    lines += ["", f"Preference accuracy (held-out pairs): {metrics['pref_accuracy']}; ROUGE-L of served answers: "
-              f"{metrics['rouge_l']}.", "",
+    likelihood = metrics.get("pref_likelihood_accuracy", {})
+    lines += ["", f"Preference accuracy (held-out pairs, DPO implicit reward): {metrics['pref_accuracy']}; chosen "
+              f"preferred by likelihood: SFT {likelihood.get('sft')} (the baseline) -> DPO {likelihood.get('dpo')}. "
+              f"ROUGE-L of served answers: {metrics['rouge_l']}.", "",
               f"Serving (vLLM, concurrency {serving['concurrency']}): TTFT median {serving['ttft_median_ms']} ms, "
               f"TPOT median {serving['tpot_median_ms']} ms, {serving['output_tok_s']} output tok/s, "
               f"{serving['requests_failed']} failed requests. Smoke answer: \"{deployment.get('smoke_answer', '')}\"",
@@ -37,6 +41,10 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
                   + ", ".join(f"{k} {v}" for k, v in clean["dropped_by_reason"].items())
                   + "; PII replaced: " + (", ".join(f"{k} {v}" for k, v in clean["pii_by_type"].items()) or "none")
                   + ".", ""]
+    if pairs:
+        lines += [f"Preference pairs ({pairs['source']}): {pairs['pref_train']} train, {pairs['pref_test']} held out; "
+                  f"mean length chosen {pairs['mean_chosen_tokens']} vs rejected {pairs['mean_rejected_tokens']} "
+                  "tokens.", ""]
     if stage_times:
         lines += ["## Stage times (last run of each)", "", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in stage_times.items()]

@@ -1,4 +1,4 @@
-"""Stage 8: serve the candidate with vLLM's OpenAI-compatible server, check health, smoke-test, stop cleanly."""
+"""Stage 9: serve the candidate with vLLM's OpenAI-compatible server, check health, smoke-test, stop cleanly."""
 from __future__ import annotations
 
 import time

