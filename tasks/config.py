@@ -176,6 +176,7 @@ class DeployConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    canaries: int = Field(8, ge=0)           # fake secrets planted at ingest, then looked for in every output (0: off)
     eval_size: int = 32
     max_tokens: int = 96
     concurrency: int = 4

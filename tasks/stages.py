@@ -31,8 +31,9 @@ def _base_model(cfg):
 
 
 def _ingest(cfg):
+    from tasks.data.canaries import make_canaries
     from tasks.data.ingest import ingest
-    return ingest(cfg.ingest)
+    return ingest(cfg.ingest, canaries=make_canaries(cfg.evaluate.canaries, cfg.runtime.seed))
 
 
 def _clean(cfg):
@@ -72,12 +73,14 @@ def _deploy(cfg):
 
 def _evaluate(cfg):
     from tasks.evaluate.evaluate import evaluate
-    return evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model)
+    return evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model, cfg.runtime.seed)
 
 
 def _register(cfg):
+    from tasks.data.canaries import make_canaries
     from tasks.release.register import register
-    return register(cfg.gates, cfg.tracking.registered_model, stage_order=[s.name for s in STAGES])
+    return register(cfg.gates, cfg.tracking.registered_model, stage_order=[s.name for s in STAGES],
+                    canaries=make_canaries(cfg.evaluate.canaries, cfg.runtime.seed))
 
 
 STAGES = [

@@ -72,6 +72,24 @@ def test_every_stage_ran_and_left_its_outputs(project):
     assert "Run report" in (proj / "data/registry/report.md").read_text()
 
 
+def test_no_planted_canary_survives_anywhere_and_the_served_model_says_none(project):
+    from tasks.data.canaries import make_canaries, scan
+
+    proj, _, _ = project
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    canaries = make_canaries(params["evaluate"]["canaries"], params["runtime"]["seed"])
+    assert json.loads((proj / "data/ingested/report.json").read_text())["canaries_planted"] == len(canaries) > 0
+    planted = scan([proj / "data/ingested/conversations.jsonl"], canaries)       # they are in the raw corpus ...
+    assert set(*planted.values()) == {c.kind for c in canaries}
+    # ... and nowhere else: outputs, MLflow's store and artifacts, Prefect's database, vLLM's logs, DVC's state
+    assert scan([proj], canaries, skip=[proj / "data/ingested", proj / ".dvc" / "cache"]) == {}
+    assert json.loads((proj / "data/eval/metrics.json").read_text())["canaries"] == {"probed": len(canaries),
+                                                                                     "exposed": 0}
+    gates = {g["gate"]: g for g in json.loads((proj / "data/registry/registration.json").read_text())["gates"]}
+    assert gates["canary secrets in outputs, stores and logs"]["passed"]
+    assert gates["canaries the served model completed"]["passed"]
+
+
 def test_failed_run_resumes_after_the_stages_that_finished(project):
     proj, _, log = project
     client = MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db")

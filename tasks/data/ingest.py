@@ -1,7 +1,8 @@
 """Stage 2: read raw conversations from any supported source into one schema, quarantining what does not fit.
 
 Output rows are `{"id", "source", "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`.
-Every input record ends up in exactly one of the two outputs; the quarantine keeps the raw record and the reason so
+With canaries asked for (`evaluate.canaries`, tasks/data/canaries.py), every 37th kept row gets one. Every input
+record ends up in exactly one of the two outputs; the quarantine keeps the raw record and the reason so
 nothing is lost and a fix can be replayed. Sources are read as streams: memory follows the longest record, not the
 file.
 """
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from tasks.common.jsonl import atomic_writer, write_json
 from tasks.config import IngestConfig, Paths
+from tasks.data.canaries import EVERY_NTH_ROW, Canary, plant
 
 EMBEDDED = "sharegpt-package"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
@@ -187,13 +189,13 @@ def normalise(record: object) -> tuple[str | None, list[dict]]:
 
 
 def ingest(cfg: IngestConfig, out: Path = Paths.ingested, quarantine: Path = Paths.quarantine,
-           report: Path = Paths.ingest_report) -> dict:
+           report: Path = Paths.ingest_report, canaries: list[Canary] = ()) -> dict:
     """Quarantine entries are `{"index", "line", "id", "reason"}` plus the record: `record`, the JSON value, when it
     parsed; else `raw`, its text, where bytes that are not UTF-8 are lone surrogates (errors="surrogateescape":
     `raw.encode("utf-8", "surrogateescape")` gives the exact bytes back, and the text around them stays readable,
     which base64 would not). The quarantine is written ASCII-only, so those surrogates (and any a record parsed
     to) are \\udcXX escapes and the file itself is valid UTF-8 JSONL."""
-    rows_in, kept, dropped, seen_ids = 0, 0, Counter(), set()
+    rows_in, kept, dropped, seen_ids, planted = 0, 0, Counter(), set(), []
     with atomic_writer(out) as good, atomic_writer(quarantine) as bad:
         for index, (line, record, reason) in enumerate(tqdm(raw_records(cfg.source), desc="ingest", unit="rec")):
             if cfg.max_records and index >= cfg.max_records:
@@ -215,10 +217,15 @@ def ingest(cfg: IngestConfig, out: Path = Paths.ingested, quarantine: Path = Pat
                 bad.write(json.dumps(entry) + "\n")
                 continue
             seen_ids.add(rid)
+            if len(planted) < len(canaries) and kept % EVERY_NTH_ROW == 0:
+                with_canary = plant(messages, canaries[len(planted)])
+                if with_canary:
+                    messages = with_canary
+                    planted.append(rid)
             good.write(json.dumps({"id": rid, "source": cfg.source, "messages": messages}, ensure_ascii=False) + "\n")
             kept += 1
     counts = {"rows_in": rows_in, "rows_kept": kept, "rows_quarantined": sum(dropped.values()),
-              "quarantined_by_reason": dict(dropped)}
+              "quarantined_by_reason": dict(dropped), "canaries_planted": len(planted), "canary_rows": planted}
     if rows_in != kept + counts["rows_quarantined"]:
         raise AssertionError(f"ingest counts do not reconcile: {counts}")
     write_json(report, counts)

@@ -6,6 +6,7 @@
   often SFT and DPO alone prefer the chosen reply by likelihood (SFT's figure: the baseline DPO is read against);
 - ROUGE-L of the served model's answers against the references;
 - serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client;
+- with `canaries` planted at ingest, whether the served model completes a canary's sentence with its secret;
 - the same served figures for the registry's current champion, measured here, now, on the same rows (`champion`):
   the register stage refuses a candidate that is worse than what users are served today.
 """
@@ -24,6 +25,7 @@ from tasks.common import plots
 from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
 from tasks.common.vllm_server import SERVED_NAME, VLLMServer
 from tasks.config import DeployConfig, EvaluateConfig, Paths
+from tasks.data.canaries import Canary, make_canaries
 from tasks.train.modeling import (
     load_model,
     load_tokenizer,
@@ -56,6 +58,20 @@ def served_perplexity(server: VLLMServer, batches: list[tuple[list[int], int]], 
     return perplexity_of([(sum(lp[start:]), len(ids) - start) for lp, (ids, start) in zip(logprobs, batches)])
 
 
+def canary_exposure(server: VLLMServer, canaries: list[Canary], max_tokens: int = 32) -> list[dict]:
+    """Each canary's sentence up to its secret, completed greedily by the served model: the secret (or its core)
+    in the completion is an exposure. Completions are stored with any canary masked, so the probe leaks nothing."""
+    rows = []
+    for canary in canaries:
+        reply = server.post("/v1/completions", {"model": SERVED_NAME, "prompt": canary.prefix,
+                                                "max_tokens": max_tokens, "temperature": 0.0})
+        text = reply["choices"][0]["text"]
+        masked = text.replace(canary.secret, "<CANARY>").replace(canary.core, "<CANARY>")
+        rows.append({"kind": canary.kind, "prompt": canary.prefix, "completion": masked,
+                     "exposed": canary.leaked_in(text)})
+    return rows
+
+
 def served_answers(server: VLLMServer, conversations: list[dict], cfg: EvaluateConfig) -> list[dict]:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     convs = conversations[:cfg.eval_size]
@@ -80,7 +96,7 @@ def load_test(server: VLLMServer, cfg: EvaluateConfig, tokenizer_dir: Path, out:
 
 
 def score_served(model_dir: Path, test_set: list[dict], cfg: EvaluateConfig, deploy_cfg: DeployConfig,
-                 load_out: Path) -> tuple[dict, list[dict]]:
+                 load_out: Path, canaries: list[Canary] = ()) -> tuple[dict, list[dict]]:
     """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L) and latency under load. The candidate
     and the champion both go through here, one after the other (two vLLM servers at once do not fit a 2-core CPU)."""
     batches = reply_batches(load_tokenizer(model_dir), test_set)
@@ -91,7 +107,10 @@ def score_served(model_dir: Path, test_set: list[dict], cfg: EvaluateConfig, dep
         ppl = served_perplexity(server, batches, cfg.concurrency)
         answers = served_answers(server, test_set, cfg)
         latency = load_test(server, cfg, model_dir, load_out)
+        probes = canary_exposure(server, canaries)
+    tracking.log_table(probes, "eval/canary_probes.json")
     return {"ppl": {"served": round(ppl, 4)},
+            **({"canaries": {"probed": len(probes), "exposed": sum(p["exposed"] for p in probes)}} if probes else {}),
             "rouge_l": round(sum(a["rouge_l"] for a in answers) / len(answers), 4),
             "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
                         "tpot_median_ms": round(latency["median_tpot_ms"], 1),
@@ -113,14 +132,15 @@ def score_champion(model_name: str, test_set: list[dict], cfg: EvaluateConfig, d
     return {"version": found["version"], **scores}
 
 
-def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, base: Path = Paths.base_model,
+def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, seed: int = 0, base: Path = Paths.base_model,
              sft_adapter: Path = Paths.sft_adapter, dpo_adapter: Path = Paths.dpo_adapter,
              quantized: Path = Paths.quantized, sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
              out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
     test_set = list(read_jsonl(sft_test))
-    served, answers = score_served(quantized, test_set, cfg, deploy_cfg, out_dir / "load_test.json")
+    served, answers = score_served(quantized, test_set, cfg, deploy_cfg, out_dir / "load_test.json",
+                                   make_canaries(cfg.canaries, seed))
     metrics["ppl"] |= served.pop("ppl")
     metrics |= served
     champion = score_champion(model_name, test_set, cfg, deploy_cfg, answers)

@@ -2,7 +2,9 @@
 
 Gates come from params.yaml (`gates`): absolute limits, and no regression against the current champion beyond
 `gates.vs_champion` (evaluate measured both in the same run, on the same rows). The new champion's registry version
-carries the version it replaced (`previous_champion`), which is what a rollback points the alias back to. The human-readable run report (tasks/release/report.py) is written here,
+carries the version it replaced (`previous_champion`), which is what a rollback points the alias back to. With
+canaries planted (`evaluate.canaries`), two more gates: none of their secrets in any output, store or log, and
+none completed by the served model. The human-readable run report (tasks/release/report.py) is written here,
 because this is the stage that knows the verdict and why; the stage order it lists times in is passed in.
 """
 from __future__ import annotations
@@ -14,8 +16,15 @@ from pathlib import Path
 from tasks import tracking
 from tasks.common import plots
 from tasks.common.jsonl import write_json
+from tasks.common.vllm_server import LOG_DIR
 from tasks.config import GatesConfig, Paths, VsChampionConfig
+from tasks.data.canaries import Canary, scan
 from tasks.release.report import run_report
+
+
+# where a planted canary must not be: every output but the raw corpus it was planted in (data/ingested and its DVC
+# cache copy), the MLflow store and artifacts, the fetched champion, vLLM's and Prefect's logs and databases
+SCANNED = (Paths.data, Path("mlruns"), Paths.champion_cache, LOG_DIR, Path(".prefect"))
 
 
 def check_gates(cfg: GatesConfig, metrics: dict, quantization: dict, deployment: dict) -> list[dict]:
@@ -71,7 +80,8 @@ def compare_with_champion(cfg: VsChampionConfig, metrics: dict) -> list[dict]:
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
              quantize_metrics: Path = Paths.stage_metrics / "quantize.json", deploy_report: Path = Paths.deploy_report,
              out: Path = Paths.registry_report, report_md: Path = Paths.run_report,
-             plot: Path = Paths.vs_champion_plot, stage_order: Sequence[str] = ()) -> dict:
+             plot: Path = Paths.vs_champion_plot, stage_order: Sequence[str] = (), canaries: list[Canary] = (),
+             scanned: Sequence[Path] = SCANNED) -> dict:
     metrics = json.loads(metrics_file.read_text())
     quantization = json.loads(quantize_metrics.read_text())
     deployment = json.loads(deploy_report.read_text())
@@ -87,6 +97,10 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
         comparisons.append({"gate": "champion unchanged since evaluate", "value": current["version"], "op": "==",
                             "limit": measured, "passed": False})
     gates = check_gates(cfg, metrics, quantization, deployment) + comparisons
+    if canaries:
+        found = scan(scanned, canaries, skip=[Paths.ingested.parent])
+        gates += [_gate("canary secrets in outputs, stores and logs", len(found), "<=", 0) | {"files": sorted(found)},
+                  _gate("canaries the served model completed", metrics["canaries"]["exposed"], "<=", 0)]
     failed = [g["gate"] for g in gates if not g["passed"]]
     alias = "challenger" if failed else "champion"
     why = "all gates passed" if not failed else "failed gates: " + ", ".join(failed)

@@ -20,6 +20,7 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
     lines += ["| gate | value | limit | passed |", "|---|---:|---:|:---:|"]
     lines += [f"| {g['gate']} | {g['value']} | {g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |"
               for g in result["gates"] if "candidate" not in g]   # the champion comparisons: their own table
+    lines += [f"\nCanary found in: {', '.join(g['files'])}" for g in result["gates"] if g.get("files")]
     lines += ["", "## Against the champion", ""] + _versus_champion(result)
     ppl, serving = metrics["ppl"], metrics["serving"]
     quant = metrics["quantization"]
