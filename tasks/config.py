@@ -175,6 +175,17 @@ class DeployConfig(_Section):
     env: dict[str, str] = {}
 
 
+class RagConfig(_Section):
+    """RAG evaluation on the served endpoint (tasks/evaluate/rag.py); empty documents/questions: held-out replies."""
+    documents: str = ""                      # a folder of .md/.txt, or a JSONL with "text"
+    questions: str = ""                      # JSONL: question, reference, optional reference_contexts
+    size: int = Field(16, ge=1)              # questions asked
+    passage_chars: int = Field(400, ge=20)
+    top_k: int = Field(3, ge=1)
+    max_tokens: int = Field(64, ge=1)
+    prompt: str = "Answer the question using the context.\n\nContext:\n{context}\n\nQuestion: {question}"
+
+
 class EvaluateConfig(_Section):
     canaries: int = Field(8, ge=0)           # fake secrets planted at ingest, then looked for in every output (0: off)
     eval_size: int = 32
@@ -183,6 +194,7 @@ class EvaluateConfig(_Section):
     load_prompts: int = 32
     load_input_len: int = 128
     load_output_len: int = 64
+    rag: RagConfig = RagConfig()
 
 
 class VsChampionConfig(_Section):
@@ -190,6 +202,7 @@ class VsChampionConfig(_Section):
     held-out rows and the same machine, so latency ratios compare like with like."""
     max_ppl_ratio: float = 1.02              # candidate served ppl <= champion's x this
     max_rouge_l_drop: float = 0.02           # candidate ROUGE-L >= champion's - this
+    max_rag_similarity_drop: float = 0.03    # RAG answers' semantic similarity to the references, the same way
     max_ttft_ratio: float = 1.5              # medians on a shared CPU move by tens of percent between runs
     max_tpot_ratio: float = 1.25
 

@@ -29,7 +29,7 @@ SMALL = {
     "deploy": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},
     "gates": {"min_pref_accuracy": 0.0},   # 2 DPO steps on 8 pairs: the accuracy limit is for real runs
     "evaluate": {"eval_size": 4, "max_tokens": 24, "concurrency": 2, "load_prompts": 4, "load_input_len": 32,
-                 "load_output_len": 16},
+                 "load_output_len": 16, "rag": {"size": 4, "max_tokens": 16}},
 }
 
 
@@ -66,10 +66,15 @@ def test_every_stage_ran_and_left_its_outputs(project):
     assert set(metrics["ppl"]) == {"base", "sft", "dpo", "served"}
     assert all(v > 1 for v in metrics["ppl"].values())
     assert metrics["serving"]["requests_failed"] == 0 and metrics["serving"]["output_tok_s"] > 0
+    rag = metrics["rag"]      # 4 held-out questions; passages of all 8 held-out replies
+    assert rag["questions"] == 4 and rag["passages"] >= 8
+    assert all(0 <= rag[k] <= 1 for k in ("recall_at_k", "mrr", "ndcg_at_k", "semantic_similarity"))
+    assert rag["semantic_similarity_nan_rate"] == 0.0
     clean = json.loads((proj / "data/clean/report.json").read_text())
     assert clean["rows_in"] == clean["rows_kept"] + sum(clean["dropped_by_reason"].values())
     assert json.loads((proj / "data/deploy/deployment.json").read_text())["smoke_answer"].strip()
-    assert "Run report" in (proj / "data/registry/report.md").read_text()
+    report = (proj / "data/registry/report.md").read_text()
+    assert "Run report" in report and "## RAG on the served model" in report and "NaN rate" in report
 
 
 def test_no_planted_canary_survives_anywhere_and_the_served_model_says_none(project):

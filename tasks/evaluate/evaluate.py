@@ -6,6 +6,7 @@
   often SFT and DPO alone prefer the chosen reply by likelihood (SFT's figure: the baseline DPO is read against);
 - ROUGE-L of the served model's answers against the references;
 - serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client;
+- RAG on the served endpoint: retrieval Recall@k/MRR/NDCG, ragas context and answer scores (tasks/evaluate/rag.py);
 - with `canaries` planted at ingest, whether the served model completes a canary's sentence with its secret;
 - the same served figures for the registry's current champion, measured here, now, on the same rows (`champion`):
   the register stage refuses a candidate that is worse than what users are served today.
@@ -26,6 +27,7 @@ from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
 from tasks.common.vllm_server import SERVED_NAME, VLLMServer
 from tasks.config import DeployConfig, EvaluateConfig, Paths
 from tasks.data.canaries import Canary, make_canaries
+from tasks.evaluate.rag import RagSet, held_out_set, rag_eval, user_set
 from tasks.train.modeling import (
     load_model,
     load_tokenizer,
@@ -95,9 +97,11 @@ def load_test(server: VLLMServer, cfg: EvaluateConfig, tokenizer_dir: Path, out:
     return json.loads(out.read_text())
 
 
-def score_served(model_dir: Path, test_set: list[dict], cfg: EvaluateConfig, deploy_cfg: DeployConfig,
-                 load_out: Path, canaries: list[Canary] = ()) -> tuple[dict, list[dict]]:
-    """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L) and latency under load. The candidate
+def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
+                 deploy_cfg: DeployConfig, load_out: Path,
+                 canaries: list[Canary] = ()) -> tuple[dict, list[dict], list[dict]]:
+    """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG and latency under load; the scores,
+    the answers and the RAG rows. The candidate
     and the champion both go through here, one after the other (two vLLM servers at once do not fit a 2-core CPU)."""
     batches = reply_batches(load_tokenizer(model_dir), test_set)
     # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
@@ -106,27 +110,28 @@ def score_served(model_dir: Path, test_set: list[dict], cfg: EvaluateConfig, dep
     with VLLMServer(serve_cfg, model_dir) as server:
         ppl = served_perplexity(server, batches, cfg.concurrency)
         answers = served_answers(server, test_set, cfg)
+        rag, rag_rows = rag_eval(server, rag_set, cfg.rag, cfg.concurrency)
         latency = load_test(server, cfg, model_dir, load_out)
         probes = canary_exposure(server, canaries)
     tracking.log_table(probes, "eval/canary_probes.json")
-    return {"ppl": {"served": round(ppl, 4)},
+    return {"ppl": {"served": round(ppl, 4)}, "rag": rag,
             **({"canaries": {"probed": len(probes), "exposed": sum(p["exposed"] for p in probes)}} if probes else {}),
             "rouge_l": round(sum(a["rouge_l"] for a in answers) / len(answers), 4),
             "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
                         "tpot_median_ms": round(latency["median_tpot_ms"], 1),
                         "output_tok_s": round(latency["output_throughput"], 1),
-                        "requests_failed": latency["failed"], "concurrency": cfg.concurrency}}, answers
+                        "requests_failed": latency["failed"], "concurrency": cfg.concurrency}}, answers, rag_rows
 
 
-def score_champion(model_name: str, test_set: list[dict], cfg: EvaluateConfig, deploy_cfg: DeployConfig,
-                   answers: list[dict]) -> dict | None:
+def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
+                   deploy_cfg: DeployConfig, answers: list[dict]) -> dict | None:
     """The registry's champion, served and scored exactly as the candidate was; its answers join the candidate's rows.
     None before the first champion (the gates then say so)."""
     found = tracking.champion(model_name)
     if found is None:
         return None
     model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
-    scores, theirs = score_served(model_dir, test_set, cfg, deploy_cfg, model_dir.parent / "load_test.json")
+    scores, theirs, _ = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, model_dir.parent / "load_test.json")
     for row, other in zip(answers, theirs):
         row |= {"champion_answer": other["answer"], "champion_rouge_l": other["rouge_l"]}
     return {"version": found["version"], **scores}
@@ -139,11 +144,13 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, see
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
     test_set = list(read_jsonl(sft_test))
-    served, answers = score_served(quantized, test_set, cfg, deploy_cfg, out_dir / "load_test.json",
-                                   make_canaries(cfg.canaries, seed))
+    rag_set = user_set(cfg.rag) if cfg.rag.documents else held_out_set(test_set, cfg.rag)
+    served, answers, rag_rows = score_served(quantized, test_set, rag_set, cfg, deploy_cfg, out_dir / "load_test.json",
+                                             make_canaries(cfg.canaries, seed))
     metrics["ppl"] |= served.pop("ppl")
+    tracking.log_table(rag_rows, "eval/rag.json")
     metrics |= served
-    champion = score_champion(model_name, test_set, cfg, deploy_cfg, answers)
+    champion = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, answers)
     if champion:
         metrics["champion"] = champion
     write_jsonl(out_dir / "answers.jsonl", answers)

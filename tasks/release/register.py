@@ -51,14 +51,15 @@ def _gate(name: str, value: float, op: str, limit: float) -> dict:
 VS_CHAMPION = [
     ("served ppl", ("ppl", "served"), "lower", "max_ppl_ratio"),
     ("ROUGE-L", ("rouge_l",), "higher", "max_rouge_l_drop"),
+    ("RAG answer similarity", ("rag", "semantic_similarity"), "higher", "max_rag_similarity_drop"),
     ("TTFT p50 ms", ("serving", "ttft_median_ms"), "lower", "max_ttft_ratio"),
     ("TPOT p50 ms", ("serving", "tpot_median_ms"), "lower", "max_tpot_ratio"),
 ]
 
 
-def _at(metrics: dict, path: tuple[str, ...]) -> float:
+def _at(metrics: dict, path: tuple[str, ...]) -> float | None:
     for key in path:
-        metrics = metrics[key]
+        metrics = metrics.get(key) if isinstance(metrics, dict) else None
     return metrics
 
 
@@ -71,6 +72,8 @@ def compare_with_champion(cfg: VsChampionConfig, metrics: dict) -> list[dict]:
     rows = []
     for name, path, better, tolerance in VS_CHAMPION:
         ours, theirs, limit = _at(metrics, path), _at(champion, path), getattr(cfg, tolerance)
+        if ours is None or theirs is None:   # a figure neither side could be scored on (all NaN, or not measured)
+            continue
         gate = (_gate(f"{name} vs champion", ours / theirs, "<=", limit) if better == "lower"
                 else _gate(f"{name} vs champion", ours - theirs, ">=", -limit))
         rows.append(gate | {"candidate": ours, "champion": theirs})
@@ -87,8 +90,8 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     deployment = json.loads(deploy_report.read_text())
     comparisons = compare_with_champion(cfg.vs_champion, metrics)
     if comparisons:
-        plots.versus({name: g["candidate"] for (name, *_), g in zip(VS_CHAMPION, comparisons)},
-                     {name: g["champion"] for (name, *_), g in zip(VS_CHAMPION, comparisons)},
+        plots.versus({g["gate"].removesuffix(" vs champion"): g["candidate"] for g in comparisons},
+                     {g["gate"].removesuffix(" vs champion"): g["champion"] for g in comparisons},
                      plot, f"Candidate vs champion v{metrics['champion']['version']}, "
                      "same rows and CPU")
     measured = metrics.get("champion", {}).get("version")

@@ -37,6 +37,8 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
               f"TPOT median {serving['tpot_median_ms']} ms, {serving['output_tok_s']} output tok/s, "
               f"{serving['requests_failed']} failed requests. Smoke answer: \"{deployment.get('smoke_answer', '')}\"",
               ""]
+    if metrics.get("rag"):
+        lines += ["## RAG on the served model", ""] + _rag(metrics["rag"]) + [""]
     if clean:
         lines += ["## Data", "", f"{clean['rows_in']} conversations in, {clean['rows_kept']} kept; dropped: "
                   + ", ".join(f"{k} {v}" for k, v in clean["dropped_by_reason"].items())
@@ -63,3 +65,13 @@ def _versus_champion(result: dict) -> list[str]:
     lines += [f"| {g['gate'].removesuffix(' vs champion')} | {g['candidate']} | {g['champion']} | {g['value']} | "
               f"{g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |" for g in rows]
     return lines
+
+
+def _rag(rag: dict) -> list[str]:
+    names = {"recall_at_k": f"Recall@{rag['top_k']}", "mrr": "MRR", "ndcg_at_k": f"NDCG@{rag['top_k']}",
+             "non_llm_context_recall": "context recall (ragas, non-LLM)",
+             "non_llm_context_precision": "context precision (ragas, non-LLM)",
+             "semantic_similarity": "answer similarity to reference (ragas, MiniLM)"}
+    lines = [f"{rag['questions']} questions over {rag['passages']} passages (MiniLM retrieval, top {rag['top_k']}).",
+             "", "| metric | mean | NaN rate |", "|---|---:|---:|"]
+    return lines + [f"| {label} | {rag[key]} | {rag[f'{key}_nan_rate']} |" for key, label in names.items()]
