@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -97,22 +100,35 @@ def load_test(server: VLLMServer, cfg: EvaluateConfig, tokenizer_dir: Path, out:
     return json.loads(out.read_text())
 
 
+@contextmanager
+def timed(times: dict[str, float], part: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    yield
+    times[part] = round(time.monotonic() - t0, 1)
+
+
 def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
-                 deploy_cfg: DeployConfig, load_out: Path,
+                 deploy_cfg: DeployConfig, load_out: Path, times: dict[str, float], who: str,
                  canaries: list[Canary] = ()) -> tuple[dict, list[dict], list[dict]]:
-    """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG and latency under load; the scores,
-    the answers and the RAG rows. The candidate
-    and the champion both go through here, one after the other (two vLLM servers at once do not fit a 2-core CPU)."""
+    """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG and latency under load; returns
+    the scores, the answers and the RAG rows, and adds each part's seconds to `times`. The candidate and the champion
+    both go through here, one after the other (two vLLM servers at once do not fit a 2-core CPU)."""
     batches = reply_batches(load_tokenizer(model_dir), test_set)
     # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
     longest = max(len(ids) for ids, _ in batches)
     serve_cfg = deploy_cfg.model_copy(update={"max_model_len": max(deploy_cfg.max_model_len, longest + 1)})
     with VLLMServer(serve_cfg, model_dir) as server:
-        ppl = served_perplexity(server, batches, cfg.concurrency)
-        answers = served_answers(server, test_set, cfg)
-        rag, rag_rows = rag_eval(server, rag_set, cfg.rag, cfg.concurrency)
-        latency = load_test(server, cfg, model_dir, load_out)
-        probes = canary_exposure(server, canaries)
+        times[f"{who}: server start"] = server.startup_s
+        with timed(times, f"{who}: served ppl"):
+            ppl = served_perplexity(server, batches, cfg.concurrency)
+        with timed(times, f"{who}: answers"):
+            answers = served_answers(server, test_set, cfg)
+        with timed(times, f"{who}: rag"):
+            rag, rag_rows = rag_eval(server, rag_set, cfg.rag, cfg.concurrency)
+        with timed(times, f"{who}: load test"):
+            latency = load_test(server, cfg, model_dir, load_out)
+        with timed(times, f"{who}: canary probes"):
+            probes = canary_exposure(server, canaries)
     tracking.log_table(probes, "eval/canary_probes.json")
     return {"ppl": {"served": round(ppl, 4)}, "rag": rag,
             **({"canaries": {"probed": len(probes), "exposed": sum(p["exposed"] for p in probes)}} if probes else {}),
@@ -124,14 +140,15 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
 
 
 def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
-                   deploy_cfg: DeployConfig, answers: list[dict]) -> dict | None:
+                   deploy_cfg: DeployConfig, answers: list[dict], times: dict[str, float]) -> dict | None:
     """The registry's champion, served and scored exactly as the candidate was; its answers join the candidate's rows.
     None before the first champion (the gates then say so)."""
     found = tracking.champion(model_name)
     if found is None:
         return None
     model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
-    scores, theirs, _ = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, model_dir.parent / "load_test.json")
+    scores, theirs, _ = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, model_dir.parent / "load_test.json",
+                                     times, "champion")
     for row, other in zip(answers, theirs):
         row |= {"champion_answer": other["answer"], "champion_rouge_l": other["rouge_l"]}
     return {"version": found["version"], **scores}
@@ -142,17 +159,20 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, see
              quantized: Path = Paths.quantized, sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
              out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
+    times: dict[str, float] = {}
+    with timed(times, "transformers: ppl and preference accuracy"):
+        metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
     test_set = list(read_jsonl(sft_test))
     rag_set = user_set(cfg.rag) if cfg.rag.documents else held_out_set(test_set, cfg.rag)
     served, answers, rag_rows = score_served(quantized, test_set, rag_set, cfg, deploy_cfg, out_dir / "load_test.json",
-                                             make_canaries(cfg.canaries, seed))
+                                             times, "candidate", make_canaries(cfg.canaries, seed))
     metrics["ppl"] |= served.pop("ppl")
     tracking.log_table(rag_rows, "eval/rag.json")
     metrics |= served
-    champion = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, answers)
+    champion = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, answers, times)
     if champion:
         metrics["champion"] = champion
+    metrics["time_s"] = times
     write_jsonl(out_dir / "answers.jsonl", answers)
     tracking.log_table(answers, "eval/answers.json")
     plots.bars(metrics["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")

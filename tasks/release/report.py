@@ -48,6 +48,9 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
         lines += [f"Preference pairs ({pairs['source']}): {pairs['pref_train']} train, {pairs['pref_test']} held out; "
                   f"mean length chosen {pairs['mean_chosen_tokens']} vs rejected {pairs['mean_rejected_tokens']} "
                   "tokens.", ""]
+    if metrics.get("time_s"):
+        lines += ["## Evaluation time by part", "", "| part | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in metrics["time_s"].items()] + [""]
     if stage_times:
         lines += ["## Stage times (last run of each)", "", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in stage_times.items()]
