@@ -131,7 +131,8 @@ def log_results(metrics: dict, artifacts: list[Path]) -> None:
             mlflow.log_artifact(str(path))
 
 
-def register_model(name: str, model_dir: Path, alias: str, description: str, tags: dict[str, str] | None = None) -> dict:
+def register_model(name: str, model_dir: Path, alias: str, description: str,
+                   tags: dict[str, str] | None = None) -> dict:
     """Log the served model folder to the current run, create a registry version from it and point `alias` at it."""
     mlflow.log_artifacts(str(model_dir), artifact_path="model")
     run = mlflow.active_run()

@@ -18,8 +18,8 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from rouge_score import rouge_scorer
@@ -154,8 +154,8 @@ def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: 
     return {"version": found["version"], **scores}
 
 
-def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, seed: int = 0, base: Path = Paths.base_model,
-             sft_adapter: Path = Paths.sft_adapter, dpo_adapter: Path = Paths.dpo_adapter,
+def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, seed: int = 0,
+             base: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter, dpo_adapter: Path = Paths.dpo_adapter,
              quantized: Path = Paths.quantized, sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
              out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)

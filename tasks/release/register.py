@@ -21,7 +21,6 @@ from tasks.config import GatesConfig, Paths, VsChampionConfig
 from tasks.data.canaries import Canary, scan
 from tasks.release.report import run_report
 
-
 # where a planted canary must not be: every output but the raw corpus it was planted in (data/ingested and its DVC
 # cache copy), the MLflow store and artifacts, the fetched champion, vLLM's and Prefect's logs and databases
 SCANNED = (Paths.data, Path("mlruns"), Paths.champion_cache, LOG_DIR, Path(".prefect"))

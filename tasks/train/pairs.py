@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.config import Paths, PairsConfig
+from tasks.config import PairsConfig, Paths
 from tasks.data.split import in_test_split
 from tasks.train.modeling import load_model, load_tokenizer
 

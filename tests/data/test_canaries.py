@@ -43,7 +43,8 @@ def test_ingest_plants_them_spread_out_and_counts_still_reconcile(tmp_path):
     assert report["canary_rows"] == [f"r{i * EVERY_NTH_ROW}" for i in range(8)]
     out = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     first = out["r0"]["messages"][1]["content"]
-    assert first == f"{CANARIES[0].sentence} Answer number 0." and out["r1"]["messages"][1]["content"] == "Answer number 1."
+    assert first == f"{CANARIES[0].sentence} Answer number 0."
+    assert out["r1"]["messages"][1]["content"] == "Answer number 1."
 
 
 def test_scan_finds_a_canary_in_any_file_and_skips_the_planted_input(tmp_path):
@@ -61,8 +62,8 @@ def test_scan_finds_a_canary_in_any_file_and_skips_the_planted_input(tmp_path):
 
 
 def test_a_canary_in_the_outputs_or_from_the_model_refuses_the_candidate(tmp_path, monkeypatch):
-    from tests.release.test_register import GOOD, QUANTIZED
     from tasks.release.register import register
+    from tests.release.test_register import GOOD, QUANTIZED
 
     monkeypatch.chdir(tmp_path)
     for name, content in {"model/config.json": "{}", "deployment.json": json.dumps({"smoke_answer": "Paris."}),
