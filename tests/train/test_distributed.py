@@ -5,6 +5,7 @@ are what it checks. DeepSpeed ZeRO-3 does run on a CPU (its CPU accelerator JIT-
 ninja and a C++ compiler, a minute the first time)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -41,8 +42,16 @@ def test_sft_stage_runs_under_accelerate_launch(name, expected, base_model_dir, 
            "--num_processes", "1", "--mixed_precision", "no", "-m", "tasks", "sft"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
+    # its own process group, so a hang is stopped whole: DeepSpeed waits forever on the lock of a build of its CPU
+    # extension (~/.cache/torch_extensions/*/deepspeed_shm_comm/lock) that a killed earlier run left behind
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("accelerate launch ran past 20 min: a stale torch_extensions lock (see above) is the usual cause")
+    assert proc.returncode == 0, stderr[-4000:]
     metrics = json.loads((tmp_path / "data" / "metrics" / "sft.json").read_text())
     assert metrics["steps"] == 2 and metrics["distributed"] == expected
     assert (tmp_path / "data" / "models" / "sft_adapter" / "adapter_model.safetensors").exists()
