@@ -19,10 +19,12 @@ def main() -> None:
     apply_runtime_env(cfg)
     tracking.configure(cfg.tracking)     # to find the champion; nothing is logged (no run is open)
     recorded = json.loads(Paths.metrics.read_text()).get("time_s", {}) if Paths.metrics.exists() else {}
+    from tasks.data.canaries import make_canaries
     from tasks.evaluate.evaluate import evaluate
 
     out = Path(os.environ.get("BENCH_TMP", "/tmp/evaluate_parts"))
-    now = evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model, cfg.runtime.seed, out_dir=out)["time_s"]
+    canaries = make_canaries(cfg.evaluate.canaries, cfg.runtime.seed)
+    now = evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model, canaries, out_dir=out)["time_s"]
     total = sum(now.values())
     print(f"\n{'part':<44}{'last pipeline run':>18}{'this run':>10}{'share':>8}")
     for part, seconds in now.items():

@@ -72,8 +72,10 @@ def _deploy(cfg):
 
 
 def _evaluate(cfg):
+    from tasks.data.canaries import make_canaries
     from tasks.evaluate.evaluate import evaluate
-    return evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model, cfg.runtime.seed)
+    return evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model,
+                    make_canaries(cfg.evaluate.canaries, cfg.runtime.seed))
 
 
 def _register(cfg):

@@ -2,8 +2,9 @@
 
 Shared by every stage that needs a served model to answer: deploy smoke-tests, evaluate scores and load-tests the
 candidate and the champion. The server runs as its own process from the serving environment (`deploy.python`):
-vLLM pins torch, transformers and fastapi differently from the training stack. It binds to 127.0.0.1 unless params say otherwise, is stopped by
-its process group (vLLM spawns an engine core and workers), and a start that fails raises with the tail of its log.
+vLLM pins torch, transformers and fastapi differently from the training stack. It binds to 127.0.0.1 unless params
+say otherwise, is stopped by its process group (vLLM spawns an engine core and workers), and a start that fails
+raises with the tail of its log.
 """
 from __future__ import annotations
 

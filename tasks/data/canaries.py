@@ -111,8 +111,7 @@ def scan(roots: Iterable[Path], canaries: list[Canary], skip: Iterable[Path] = (
     skipped = [p.resolve() for p in skip]
     found: dict[str, list[str]] = {}
     for root in roots:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-        for path in files:
+        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
             if any(path.resolve().is_relative_to(s) for s in skipped):
                 continue
             kinds = _kinds_in(path, needles)

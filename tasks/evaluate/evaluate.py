@@ -29,7 +29,7 @@ from tasks.common import plots
 from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
 from tasks.common.vllm_server import SERVED_NAME, VLLMServer
 from tasks.config import DeployConfig, EvaluateConfig, Paths
-from tasks.data.canaries import Canary, make_canaries
+from tasks.data.canaries import Canary
 from tasks.evaluate.rag import RagSet, held_out_set, rag_eval, user_set
 from tasks.train.modeling import (
     load_model,
@@ -63,18 +63,18 @@ def served_perplexity(server: VLLMServer, batches: list[tuple[list[int], int]], 
     return perplexity_of([(sum(lp[start:]), len(ids) - start) for lp, (ids, start) in zip(logprobs, batches)])
 
 
-def canary_exposure(server: VLLMServer, canaries: list[Canary], max_tokens: int = 32) -> list[dict]:
+def canary_exposure(server: VLLMServer, canaries: list[Canary], concurrency: int, max_tokens: int = 32) -> list[dict]:
     """Each canary's sentence up to its secret, completed greedily by the served model: the secret (or its core)
     in the completion is an exposure. Completions are stored with any canary masked, so the probe leaks nothing."""
-    rows = []
-    for canary in canaries:
+    def probe(canary: Canary) -> dict:
         reply = server.post("/v1/completions", {"model": SERVED_NAME, "prompt": canary.prefix,
                                                 "max_tokens": max_tokens, "temperature": 0.0})
         text = reply["choices"][0]["text"]
         masked = text.replace(canary.secret, "<CANARY>").replace(canary.core, "<CANARY>")
-        rows.append({"kind": canary.kind, "prompt": canary.prefix, "completion": masked,
-                     "exposed": canary.leaked_in(text)})
-    return rows
+        return {"kind": canary.kind, "prompt": canary.prefix, "completion": masked, "exposed": canary.leaked_in(text)}
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(probe, canaries))
 
 
 def served_answers(server: VLLMServer, conversations: list[dict], cfg: EvaluateConfig) -> list[dict]:
@@ -109,10 +109,11 @@ def timed(times: dict[str, float], part: str) -> Iterator[None]:
 
 def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
                  deploy_cfg: DeployConfig, load_out: Path, times: dict[str, float], who: str,
-                 canaries: list[Canary] = ()) -> tuple[dict, list[dict], list[dict]]:
+                 canaries: list[Canary] = ()) -> tuple[dict, dict[str, list[dict]]]:
     """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG and latency under load; returns
-    the scores, the answers and the RAG rows, and adds each part's seconds to `times`. The candidate and the champion
-    both go through here, one after the other (two vLLM servers at once do not fit a 2-core CPU)."""
+    the scores and the per-example tables (answers, rag, canary_probes), and adds each part's seconds to `times`.
+    The candidate and the champion both go through here, one after the other (two vLLM servers at once do not fit
+    a 2-core CPU)."""
     batches = reply_batches(load_tokenizer(model_dir), test_set)
     # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
     longest = max(len(ids) for ids, _ in batches)
@@ -128,15 +129,16 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
         with timed(times, f"{who}: load test"):
             latency = load_test(server, cfg, model_dir, load_out)
         with timed(times, f"{who}: canary probes"):
-            probes = canary_exposure(server, canaries)
-    tracking.log_table(probes, "eval/canary_probes.json")
-    return {"ppl": {"served": round(ppl, 4)}, "rag": rag,
-            **({"canaries": {"probed": len(probes), "exposed": sum(p["exposed"] for p in probes)}} if probes else {}),
-            "rouge_l": round(sum(a["rouge_l"] for a in answers) / len(answers), 4),
-            "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
-                        "tpot_median_ms": round(latency["median_tpot_ms"], 1),
-                        "output_tok_s": round(latency["output_throughput"], 1),
-                        "requests_failed": latency["failed"], "concurrency": cfg.concurrency}}, answers, rag_rows
+            probes = canary_exposure(server, canaries, cfg.concurrency)
+    scores = {"ppl": {"served": round(ppl, 4)}, "rag": rag,
+              "rouge_l": round(sum(a["rouge_l"] for a in answers) / len(answers), 4),
+              "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
+                          "tpot_median_ms": round(latency["median_tpot_ms"], 1),
+                          "output_tok_s": round(latency["output_throughput"], 1),
+                          "requests_failed": latency["failed"], "concurrency": cfg.concurrency}}
+    if probes:
+        scores["canaries"] = {"probed": len(probes), "exposed": sum(p["exposed"] for p in probes)}
+    return scores, {"answers": answers, "rag": rag_rows, "canary_probes": probes}
 
 
 def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
@@ -147,34 +149,34 @@ def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: 
     if found is None:
         return None
     model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
-    scores, theirs, _ = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, model_dir.parent / "load_test.json",
-                                     times, "champion")
-    for row, other in zip(answers, theirs):
+    scores, tables = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, model_dir.parent / "load_test.json",
+                                  times, "champion")
+    for row, other in zip(answers, tables["answers"]):
         row |= {"champion_answer": other["answer"], "champion_rouge_l": other["rouge_l"]}
     return {"version": found["version"], **scores}
 
 
-def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, seed: int = 0,
-             base: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter, dpo_adapter: Path = Paths.dpo_adapter,
-             quantized: Path = Paths.quantized, sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
-             out_dir: Path = Paths.eval_dir) -> dict:
+def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, canaries: list[Canary] = (),
+             base: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter,
+             dpo_adapter: Path = Paths.dpo_adapter, quantized: Path = Paths.quantized,
+             sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test, out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     with timed(times, "transformers: ppl and preference accuracy"):
         metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
     test_set = list(read_jsonl(sft_test))
     rag_set = user_set(cfg.rag) if cfg.rag.documents else held_out_set(test_set, cfg.rag)
-    served, answers, rag_rows = score_served(quantized, test_set, rag_set, cfg, deploy_cfg, out_dir / "load_test.json",
-                                             times, "candidate", make_canaries(cfg.canaries, seed))
+    served, tables = score_served(quantized, test_set, rag_set, cfg, deploy_cfg, out_dir / "load_test.json", times,
+                                  "candidate", canaries)
     metrics["ppl"] |= served.pop("ppl")
-    tracking.log_table(rag_rows, "eval/rag.json")
     metrics |= served
-    champion = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, answers, times)
+    champion = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, tables["answers"], times)
     if champion:
         metrics["champion"] = champion
     metrics["time_s"] = times
-    write_jsonl(out_dir / "answers.jsonl", answers)
-    tracking.log_table(answers, "eval/answers.json")
+    write_jsonl(out_dir / "answers.jsonl", tables["answers"])
+    for name, rows in tables.items():
+        tracking.log_table(rows, f"eval/{name}.json")
     plots.bars(metrics["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")
     write_json(out_dir / Paths.metrics.name, metrics)
     return metrics

@@ -75,7 +75,7 @@ def compare_with_champion(cfg: VsChampionConfig, metrics: dict) -> list[dict]:
             continue
         gate = (_gate(f"{name} vs champion", ours / theirs, "<=", limit) if better == "lower"
                 else _gate(f"{name} vs champion", ours - theirs, ">=", -limit))
-        rows.append(gate | {"candidate": ours, "champion": theirs})
+        rows.append(gate | {"figure": name, "candidate": ours, "champion": theirs})
     return rows
 
 
@@ -88,12 +88,11 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     quantization = json.loads(quantize_metrics.read_text())
     deployment = json.loads(deploy_report.read_text())
     comparisons = compare_with_champion(cfg.vs_champion, metrics)
-    if comparisons:
-        plots.versus({g["gate"].removesuffix(" vs champion"): g["candidate"] for g in comparisons},
-                     {g["gate"].removesuffix(" vs champion"): g["champion"] for g in comparisons},
-                     plot, f"Candidate vs champion v{metrics['champion']['version']}, "
-                     "same rows and CPU")
     measured = metrics.get("champion", {}).get("version")
+    if comparisons:
+        plots.versus({g["figure"]: g["candidate"] for g in comparisons},
+                     {g["figure"]: g["champion"] for g in comparisons}, plot,
+                     f"Candidate vs champion v{measured}, same rows and CPU")
     current = tracking.champion(model_name) if tracking.active() else None
     if current and current["version"] != measured:   # another run was promoted after evaluate measured this one
         comparisons.append({"gate": "champion unchanged since evaluate", "value": current["version"], "op": "==",

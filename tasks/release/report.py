@@ -19,7 +19,7 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
         lines += [f"Registered as `{result['uri']}` (version {result['version']}).", ""]
     lines += ["| gate | value | limit | passed |", "|---|---:|---:|:---:|"]
     lines += [f"| {g['gate']} | {g['value']} | {g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |"
-              for g in result["gates"] if "candidate" not in g]   # the champion comparisons: their own table
+              for g in result["gates"] if "figure" not in g]   # the champion comparisons: their own table
     lines += [f"\nCanary found in: {', '.join(g['files'])}" for g in result["gates"] if g.get("files")]
     lines += ["", "## Against the champion", ""] + _versus_champion(result)
     ppl, serving = metrics["ppl"], metrics["serving"]
@@ -59,13 +59,13 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
 
 
 def _versus_champion(result: dict) -> list[str]:
-    rows = [g for g in result["gates"] if "candidate" in g]
+    rows = [g for g in result["gates"] if "figure" in g]
     if not rows:
         return ["No champion yet: this is the first registered model, so only the absolute gates above decide."]
     lines = [f"Both served and measured in this run, on the same held-out rows and CPU (champion: version "
              f"{result['compared_with']}). Ratio for latency and perplexity, difference for ROUGE-L.", "",
              "| figure | candidate | champion | ratio / diff | limit | passed |", "|---|---:|---:|---:|---:|:---:|"]
-    lines += [f"| {g['gate'].removesuffix(' vs champion')} | {g['candidate']} | {g['champion']} | {g['value']} | "
+    lines += [f"| {g['figure']} | {g['candidate']} | {g['champion']} | {g['value']} | "
               f"{g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |" for g in rows]
     return lines
 
