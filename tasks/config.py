@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -186,6 +186,29 @@ class RagConfig(_Section):
     prompt: str = "Answer the question using the context.\n\nContext:\n{context}\n\nQuestion: {question}"
 
 
+class JudgeConfig(_Section):
+    """The LLM judge (tasks/evaluate/judge.py): pairwise verdicts, their calibration, and ragas' LLM-judged metrics."""
+    base_url: str = ""                       # an OpenAI-compatible endpoint (".../v1"); "" = serve `model_dir` here
+    model: str = ""                          # the model name that endpoint serves
+    api_key_env: str = ""                    # the environment variable holding its key (never the key itself)
+    model_dir: str = ""                      # the local judge vLLM serves when base_url is ""; "" = the base model
+    size: int = Field(8, ge=0)               # held-out prompts: candidate vs champion (the base before one), 2 orders
+    calibration_size: int = Field(3, ge=0)   # held-out prompts, each planted into 5 pairs with a known better reply
+    max_answer_chars: int = Field(600, ge=20)   # each answer as the judge reads it
+    ragas_size: int = Field(1, ge=0)         # RAG questions scored by ragas' LLM-judged metrics, per served model
+    ragas_max_tokens: int = Field(192, ge=16)   # the judge's output budget for one ragas structured answer
+    max_model_len: int = Field(4096, ge=512)    # the judge server's context: ragas prompts carry few-shot examples
+
+
+class BenchmarkConfig(_Section):
+    """lm-eval multiple choice (tasks/evaluate/benchmark.py); no tasks: one built from held-out conversations."""
+    tasks: list[str] = []                    # lm-eval task names (mmlu, ceval-valid, cmmlu, ...), data in the HF cache
+    limit: int = Field(0, ge=0)              # questions per named task; 0 = all
+    size: int = Field(16, ge=1)              # questions in the held-out task
+    choices: int = Field(4, ge=2)
+    choice_chars: int = Field(200, ge=20)    # every choice cut to this length, so length gives nothing away
+
+
 class EvaluateConfig(_Section):
     canaries: int = Field(8, ge=0)           # fake secrets planted at ingest, then looked for in every output (0: off)
     eval_size: int = 32
@@ -195,6 +218,18 @@ class EvaluateConfig(_Section):
     load_input_len: int = 128
     load_output_len: int = 64
     rag: RagConfig = RagConfig()
+    judge: JudgeConfig = JudgeConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _judged_answers_exist(self) -> EvaluateConfig:
+        if self.judge.size > self.eval_size:
+            raise ValueError(f"evaluate.judge.size ({self.judge.size}) > evaluate.eval_size ({self.eval_size}): "
+                             "the judge reads answers the served models gave")
+        if self.judge.ragas_size > self.rag.size:
+            raise ValueError(f"evaluate.judge.ragas_size ({self.judge.ragas_size}) > evaluate.rag.size "
+                             f"({self.rag.size})")
+        return self
 
 
 class VsChampionConfig(_Section):
@@ -205,6 +240,10 @@ class VsChampionConfig(_Section):
     max_rag_similarity_drop: float = 0.03    # RAG answers' semantic similarity to the references, the same way
     max_ttft_ratio: float = 1.5              # medians on a shared CPU move by tens of percent between runs
     max_tpot_ratio: float = 1.25
+    max_judge_win_rate_drop: float = 0.1     # judge win rate vs the champion >= 0.5 - this (a tie is 0.5)
+    max_faithfulness_drop: float = 0.05      # ragas, LLM-judged, on the RAG answers of both
+    max_relevancy_drop: float = 0.05
+    max_benchmark_acc_drop: float = 0.07     # lm-eval acc, both served: 1 of the default 16 questions
 
 
 class GatesConfig(_Section):
@@ -213,6 +252,7 @@ class GatesConfig(_Section):
     max_served_ppl_ratio: float = 1.10       # vLLM's served ppl / transformers' quantized ppl: the engine serves it
     min_pref_accuracy: float = 0.5
     min_rouge_l: float = 0.0
+    min_judge_calibration: float = 0.75      # judge accuracy on planted pairs below this: its win rate does not gate
     vs_champion: VsChampionConfig = VsChampionConfig()
 
 

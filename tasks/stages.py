@@ -75,7 +75,7 @@ def _evaluate(cfg):
     from tasks.data.canaries import make_canaries
     from tasks.evaluate.evaluate import evaluate
     return evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model,
-                    make_canaries(cfg.evaluate.canaries, cfg.runtime.seed))
+                    make_canaries(cfg.evaluate.canaries, cfg.runtime.seed), cfg.runtime.seed)
 
 
 def _register(cfg):

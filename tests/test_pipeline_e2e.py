@@ -13,6 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tasks.evaluate.benchmark import LOCAL_TASK
+from tasks.evaluate.rag import JUDGED
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,7 +31,8 @@ SMALL = {
     "deploy": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},
     "gates": {"min_pref_accuracy": 0.0},   # 2 DPO steps on 8 pairs: the accuracy limit is for real runs
     "evaluate": {"eval_size": 4, "max_tokens": 24, "concurrency": 2, "load_prompts": 4, "load_input_len": 32,
-                 "load_output_len": 16, "rag": {"size": 4, "max_tokens": 16}},
+                 "load_output_len": 16, "rag": {"size": 4, "max_tokens": 16},
+                 "judge": {"size": 2, "calibration_size": 1, "ragas_size": 1}, "benchmark": {"size": 4}},
 }
 
 
@@ -70,11 +73,19 @@ def test_every_stage_ran_and_left_its_outputs(project):
     assert rag["questions"] == 4 and rag["passages"] >= 8
     assert all(0 <= rag[k] <= 1 for k in ("recall_at_k", "mrr", "ndcg_at_k", "semantic_similarity"))
     assert rag["semantic_similarity_nan_rate"] == 0.0
+    assert rag["judged_questions"] == 1 and all(0 <= rag[f"{k}_nan_rate"] <= 1 for k in JUDGED)
+    assert set(metrics["benchmark"]) == {"base", "sft", "dpo", "served"}
+    assert all(0 <= scores[LOCAL_TASK]["acc"] <= 1 for scores in metrics["benchmark"].values())
+    judge = metrics["judge"]     # no champion yet: the candidate against the base, judged by the base
+    assert judge["opponent"] == "base" and judge["n"] == 2 and judge["calibration"]["pairs"] == 5
+    assert judge["calibration"]["parse_failure_rate"] == 0.0 and judge["failed"] == 0
     clean = json.loads((proj / "data/clean/report.json").read_text())
     assert clean["rows_in"] == clean["rows_kept"] + sum(clean["dropped_by_reason"].values())
     assert json.loads((proj / "data/deploy/deployment.json").read_text())["smoke_answer"].strip()
     report = (proj / "data/registry/report.md").read_text()
     assert "Run report" in report and "## RAG on the served model" in report and "NaN rate" in report
+    assert "## LLM judge" in report and "Calibration on 5 planted pairs" in report and "## Benchmark" in report
+    assert "faithfulness (ragas, LLM-judged)" in report
 
 
 def test_no_planted_canary_survives_anywhere_and_the_served_model_says_none(project):
@@ -189,7 +200,9 @@ def test_a_worse_retrain_stays_challenger_and_the_champion_keeps_its_alias(worse
     assert int(challenger.version) == after["version"] > before["version"]
     assert challenger.tags["compared_with_champion"] == str(before["version"])
     report = (proj / "data/registry/report.md").read_text()
-    assert "## Against the champion" in report and "| served ppl |" in report
+    assert "## Against the champion" in report and "| served ppl |" in report and "| judge win rate |" in report
+    assert metrics["judge"]["opponent"] == f"champion v{before['version']}"
+    assert "benchmark acc vs champion" in {g["gate"] for g in after["gates"]}
     answers = [json.loads(line) for line in (proj / "data/eval/answers.jsonl").read_text().splitlines()]
     assert all(a["champion_answer"].strip() for a in answers)
     evaluate_run = client.search_runs([client.get_experiment_by_name("finetune-pipeline").experiment_id],

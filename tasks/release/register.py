@@ -17,7 +17,7 @@ from tasks import tracking
 from tasks.common import plots
 from tasks.common.jsonl import write_json
 from tasks.common.vllm_server import LOG_DIR
-from tasks.config import GatesConfig, Paths, VsChampionConfig
+from tasks.config import GatesConfig, Paths
 from tasks.data.canaries import Canary, scan
 from tasks.release.report import run_report
 
@@ -46,37 +46,69 @@ def _gate(name: str, value: float, op: str, limit: float) -> dict:
             "passed": value <= limit if op == "<=" else value >= limit}
 
 
+def _skipped(name: str, reason: str) -> dict:
+    """A gate that could not be decided: shown in the report with its reason, and it does not block."""
+    return {"gate": name, "value": None, "op": "", "limit": None, "passed": True, "skipped": reason}
+
+
 # (figure, where it is in the metrics, which way is better, its tolerance in gates.vs_champion)
 VS_CHAMPION = [
     ("served ppl", ("ppl", "served"), "lower", "max_ppl_ratio"),
     ("ROUGE-L", ("rouge_l",), "higher", "max_rouge_l_drop"),
     ("RAG answer similarity", ("rag", "semantic_similarity"), "higher", "max_rag_similarity_drop"),
+    ("RAG faithfulness (judged)", ("rag", "faithfulness"), "higher", "max_faithfulness_drop"),
+    ("RAG answer relevancy (judged)", ("rag", "answer_relevancy"), "higher", "max_relevancy_drop"),
+    ("benchmark acc", ("benchmark_acc",), "higher", "max_benchmark_acc_drop"),
     ("TTFT p50 ms", ("serving", "ttft_median_ms"), "lower", "max_ttft_ratio"),
     ("TPOT p50 ms", ("serving", "tpot_median_ms"), "lower", "max_tpot_ratio"),
 ]
 
 
-def _at(metrics: dict, path: tuple[str, ...]) -> float | None:
+_ABSENT = object()
+
+
+def _at(metrics: dict, path: tuple[str, ...]):
+    """The figure at `path`: None when it was measured but has no score, _ABSENT when it was not measured."""
     for key in path:
-        metrics = metrics.get(key) if isinstance(metrics, dict) else None
+        metrics = metrics.get(key, _ABSENT) if isinstance(metrics, dict) else _ABSENT
     return metrics
 
 
-def compare_with_champion(cfg: VsChampionConfig, metrics: dict) -> list[dict]:
-    """One gate per headline figure: a ratio for lower-is-better figures, a difference for scores. Empty before the
-    first champion."""
+def compare_with_champion(cfg: GatesConfig, metrics: dict) -> list[dict]:
+    """One gate per headline figure: a ratio for lower-is-better figures, a difference for scores, and the judge's
+    win rate against 0.5 (a tie) when its calibration earns it. Empty before the first champion."""
     champion = metrics.get("champion")
     if not champion:
         return []
     rows = []
     for name, path, better, tolerance in VS_CHAMPION:
-        ours, theirs, limit = _at(metrics, path), _at(champion, path), getattr(cfg, tolerance)
-        if ours is None or theirs is None:   # a figure neither side could be scored on (all NaN, or not measured)
+        ours, theirs, limit = _at(metrics, path), _at(champion, path), getattr(cfg.vs_champion, tolerance)
+        if ours is _ABSENT and theirs is _ABSENT:   # not asked for in this run's params
+            continue
+        row = {"figure": name, "candidate": None if ours is _ABSENT else ours,
+               "champion": None if theirs is _ABSENT else theirs}
+        if row["candidate"] is None or row["champion"] is None:
+            rows.append(_skipped(f"{name} vs champion", "no score on one side (NaN on every row, or not measured)")
+                        | row)
             continue
         gate = (_gate(f"{name} vs champion", ours / theirs, "<=", limit) if better == "lower"
                 else _gate(f"{name} vs champion", ours - theirs, ">=", -limit))
-        rows.append(gate | {"figure": name, "candidate": ours, "champion": theirs})
-    return rows
+        rows.append(gate | row)
+    return rows + _judge_gate(cfg, metrics.get("judge"))
+
+
+def _judge_gate(cfg: GatesConfig, judge: dict | None) -> list[dict]:
+    if not judge or not judge["opponent"].startswith("champion"):
+        return []
+    name, row = "judge win rate vs champion", {"figure": "judge win rate", "candidate": judge["win_rate"],
+                                               "champion": 0.5}
+    accuracy = judge["calibration"].get("accuracy")
+    if accuracy is None or accuracy < cfg.min_judge_calibration:
+        return [_skipped(name, f"judge calibration accuracy {accuracy} < gates.min_judge_calibration "
+                               f"{cfg.min_judge_calibration}: this judge cannot tell planted better replies") | row]
+    if judge["win_rate"] is None:
+        return [_skipped(name, "no verdict parsed") | row]
+    return [_gate(name, judge["win_rate"], ">=", 0.5 - cfg.vs_champion.max_judge_win_rate_drop) | row]
 
 
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
@@ -87,11 +119,11 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     metrics = json.loads(metrics_file.read_text())
     quantization = json.loads(quantize_metrics.read_text())
     deployment = json.loads(deploy_report.read_text())
-    comparisons = compare_with_champion(cfg.vs_champion, metrics)
+    comparisons = compare_with_champion(cfg, metrics)
     measured = metrics.get("champion", {}).get("version")
     if comparisons:
-        plots.versus({g["figure"]: g["candidate"] for g in comparisons},
-                     {g["figure"]: g["champion"] for g in comparisons}, plot,
+        drawn = [g for g in comparisons if g["candidate"] is not None and g["champion"] is not None]
+        plots.versus({g["figure"]: g["candidate"] for g in drawn}, {g["figure"]: g["champion"] for g in drawn}, plot,
                      f"Candidate vs champion v{measured}, same rows and CPU")
     current = tracking.champion(model_name) if tracking.active() else None
     if current and current["version"] != measured:   # another run was promoted after evaluate measured this one
@@ -105,6 +137,8 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     failed = [g["gate"] for g in gates if not g["passed"]]
     alias = "challenger" if failed else "champion"
     why = "all gates passed" if not failed else "failed gates: " + ", ".join(failed)
+    skipped = [g["gate"] for g in gates if "skipped" in g]
+    why += f" (not decided: {', '.join(skipped)})" if skipped else ""
     result = {"alias": alias, "why": why, "gates": gates, "compared_with": measured,
               "champion_before": current["version"] if current else None}
     if tracking.active():
@@ -114,5 +148,5 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
         result |= tracking.register_model(model_name, model_dir, alias, why, tags)
     write_json(out, result)
     report_md.write_text(run_report(result, metrics | {"quantization": quantization}, deployment, stage_order))
-    return {"alias": alias, "gates_passed": len(gates) - len(failed), "gates_failed": len(failed),
-            "version": result.get("version", 0)}
+    return {"alias": alias, "gates_passed": len(gates) - len(failed) - len(skipped), "gates_failed": len(failed),
+            "gates_skipped": len(skipped), "version": result.get("version", 0)}

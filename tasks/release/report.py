@@ -39,6 +39,10 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
               ""]
     if metrics.get("rag"):
         lines += ["## RAG on the served model", ""] + _rag(metrics["rag"]) + [""]
+    if metrics.get("judge"):
+        lines += ["## LLM judge", ""] + _judge(metrics["judge"]) + [""]
+    if metrics.get("benchmark"):
+        lines += ["## Benchmark", ""] + _benchmark(metrics["benchmark"]) + [""]
     if clean:
         lines += ["## Data", "", f"{clean['rows_in']} conversations in, {clean['rows_kept']} kept; dropped: "
                   + ", ".join(f"{k} {v}" for k, v in clean["dropped_by_reason"].items())
@@ -63,18 +67,51 @@ def _versus_champion(result: dict) -> list[str]:
     if not rows:
         return ["No champion yet: this is the first registered model, so only the absolute gates above decide."]
     lines = [f"Both served and measured in this run, on the same held-out rows and CPU (champion: version "
-             f"{result['compared_with']}). Ratio for latency and perplexity, difference for ROUGE-L.", "",
+             f"{result['compared_with']}). Ratio for latency and perplexity, difference for scores.", "",
              "| figure | candidate | champion | ratio / diff | limit | passed |", "|---|---:|---:|---:|---:|:---:|"]
-    lines += [f"| {g['figure']} | {g['candidate']} | {g['champion']} | {g['value']} | "
-              f"{g['op']} {g['limit']} | {'yes' if g['passed'] else '**no**'} |" for g in rows]
+    lines += [f"| {g['figure']} | {g['candidate']} | {g['champion']} | {g['value']} | {g['op']} {g['limit']} | "
+              + (f"skipped: {g['skipped']}" if "skipped" in g else "yes" if g["passed"] else "**no**") + " |"
+              for g in rows]
     return lines
+
+
+def _judge(judge: dict) -> list[str]:
+    cal = judge["calibration"]
+    lines = [f"Judge: {judge['judge']}. Candidate vs {judge['opponent']} on {judge['n']} held-out prompts, each judged "
+             f"in both orders (a verdict that flips with the order is a tie): win rate **{judge['win_rate']}** "
+             f"(95% interval {judge['ci95']}); {judge['wins']} wins, {judge['ties']} ties, {judge['losses']} losses, "
+             f"{judge['failed']} unparsed. Mean answer length (characters; judges favour longer answers): candidate "
+             f"{judge['mean_answer_chars']['candidate']}, {judge['opponent']} {judge['mean_answer_chars']['opponent']}.",
+             "", f"Calibration on {cal['pairs']} planted pairs whose better reply is known: accuracy "
+             f"**{cal['accuracy']}**, order-flip rate {cal.get('order_flip_rate')}, parse-failure rate "
+             f"{cal.get('parse_failure_rate')}. A judge near 0.5 here picks by position, not by quality: its win rate "
+             "is then reported but does not gate."]
+    if cal.get("accuracy_by_kind"):
+        lines += ["", "| planted worse reply | judge accuracy |", "|---|---:|"]
+        lines += [f"| {kind} | {acc} |" for kind, acc in cal["accuracy_by_kind"].items()]
+    return lines
+
+
+def _benchmark(bench: dict) -> list[str]:
+    tasks = sorted({task for scores in bench.values() for task in scores})
+    lines = ["lm-eval multiple choice: pick the true reply by log-likelihood (acc) and per byte (acc_norm); base, "
+             "SFT and DPO in transformers, served = the quantized checkpoint through vLLM.", "",
+             "| model | " + " | ".join(f"{t} acc | {t} acc_norm" for t in tasks) + " |",
+             "|---|" + "---:|" * (2 * len(tasks))]
+    return lines + [f"| {model} | " + " | ".join(f"{scores.get(t, {}).get('acc')} | {scores.get(t, {}).get('acc_norm')}"
+                                                 for t in tasks) + " |" for model, scores in bench.items()]
 
 
 def _rag(rag: dict) -> list[str]:
     names = {"recall_at_k": f"Recall@{rag['top_k']}", "mrr": "MRR", "ndcg_at_k": f"NDCG@{rag['top_k']}",
              "non_llm_context_recall": "context recall (ragas, non-LLM)",
              "non_llm_context_precision": "context precision (ragas, non-LLM)",
-             "semantic_similarity": "answer similarity to reference (ragas, MiniLM)"}
+             "semantic_similarity": "answer similarity to reference (ragas, MiniLM)",
+             "faithfulness": "faithfulness (ragas, LLM-judged)", "answer_relevancy": "answer relevancy (ragas, LLM-judged)",
+             "context_precision": "context precision (ragas, LLM-judged)",
+             "context_recall": "context recall (ragas, LLM-judged)"}
     lines = [f"{rag['questions']} questions over {rag['passages']} passages (MiniLM retrieval, top {rag['top_k']}).",
-             "", "| metric | mean | NaN rate |", "|---|---:|---:|"]
-    return lines + [f"| {label} | {rag[key]} | {rag[f'{key}_nan_rate']} |" for key, label in names.items()]
+             *([f"LLM-judged metrics on the first {rag['judged_questions']} (`evaluate.judge.ragas_size`)."]
+               if "judged_questions" in rag else []), "", "| metric | mean | NaN rate |", "|---|---:|---:|"]
+    return lines + [f"| {label} | {rag[key]} | {rag[f'{key}_nan_rate']} |" for key, label in names.items()
+                    if key in rag]

@@ -108,3 +108,43 @@ def test_candidate_measured_against_a_replaced_champion_is_refused(store):
     assert result["alias"] == "challenger"
     assert "champion unchanged since evaluate" in json.loads((store / "registration.json").read_text())["why"]
     assert int(MlflowClient().get_model_version_by_alias("m", "champion").version) == 2
+
+
+def judged(win_rate: float, calibration: float) -> dict:
+    return {"judge": "j", "opponent": "champion v1", "n": 8, "wins": 1, "losses": 6, "ties": 1, "failed": 0,
+            "win_rate": win_rate, "ci95": [0.0, 0.4], "mean_answer_chars": {"candidate": 300.0, "opponent": 310.0},
+            "calibration": {"pairs": 15, "accuracy": calibration, "order_flip_rate": 0.1,
+                            "parse_failure_rate": 0.0, "accuracy_by_kind": {"empty": 1.0}}}
+
+
+def test_a_calibrated_judge_that_prefers_the_champion_refuses_the_candidate(store):
+    _register(store, GOOD)
+    result = _register(store, measured_against(1) | {"judge": judged(0.19, calibration=0.9)})
+    assert result["alias"] == "challenger"
+    assert json.loads((store / "registration.json").read_text())["why"] == \
+        "failed gates: judge win rate vs champion"
+    assert "| judge win rate | 0.19 | 0.5 | 0.19 | >= 0.4 | **no** |" in (store / "report.md").read_text()
+
+
+def test_an_uncalibrated_judge_is_shown_but_does_not_decide(store):
+    _register(store, GOOD)
+    result = _register(store, measured_against(1) | {"judge": judged(0.19, calibration=0.5)})
+    assert result["alias"] == "champion" and result["gates_skipped"] == 1
+    report = (store / "report.md").read_text()
+    assert "skipped: judge calibration accuracy 0.5 < gates.min_judge_calibration 0.75" in report
+    assert "(not decided: judge win rate vs champion)" in report
+    assert "Calibration on 15 planted pairs" in report and "win rate **0.19**" in report
+
+
+def test_a_figure_the_judge_could_not_score_on_either_side_is_skipped_in_plain_sight(store):
+    _register(store, GOOD)
+    metrics = measured_against(1)
+    rag = {"questions": 4, "passages": 9, "top_k": 3, "judged_questions": 2, "faithfulness": None,
+           "faithfulness_nan_rate": 1.0, "semantic_similarity_nan_rate": 0.0}
+    metrics["rag"] = rag | {"semantic_similarity": 0.5}
+    metrics["champion"]["rag"] = rag | {"semantic_similarity": 0.49}
+    result = _register(store, metrics)
+    assert result["alias"] == "champion" and result["gates_skipped"] == 1
+    report = (store / "report.md").read_text()
+    assert "| RAG faithfulness (judged) | None | None | None |  None | skipped: no score on one side" in report
+    assert "| RAG answer similarity | 0.5 | 0.49 | 0.01 | >= -0.03 | yes |" in report

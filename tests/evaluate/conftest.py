@@ -1,0 +1,13 @@
+"""One real vLLM server of the base model for the judge and benchmark tests, started as evaluate starts its judge."""
+import pytest
+
+from tasks.common.vllm_server import VLLMServer
+from tasks.config import DeployConfig
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def base_server(base_model_dir):
+    cfg = DeployConfig(python=str(ROOT / ".venv-serve" / "bin" / "python"), max_model_len=4096)
+    with VLLMServer(cfg, base_model_dir) as server:
+        yield server
