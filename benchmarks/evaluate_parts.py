@@ -24,7 +24,8 @@ def main() -> None:
 
     out = Path(os.environ.get("BENCH_TMP", "/tmp/evaluate_parts"))
     canaries = make_canaries(cfg.evaluate.canaries, cfg.runtime.seed)
-    now = evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model, canaries, out_dir=out)["time_s"]
+    now = evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model, canaries, cfg.runtime.seed,
+                   out_dir=out)["time_s"]
     total = sum(now.values())
     print(f"\n{'part':<44}{'last pipeline run':>18}{'this run':>10}{'share':>8}")
     for part, seconds in now.items():
