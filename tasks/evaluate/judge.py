@@ -49,7 +49,7 @@ class Judge:
     def verdict(self, question: str, a: str, b: str) -> str | None:
         """"A", "B" or "tie"; None when the judge's reply does not parse."""
         cut = self.max_answer_chars
-        body = {"model": self.model, "temperature": 0.0, "max_tokens": 16,
+        body = {"model": self.model, "temperature": 0.0, "max_tokens": 48,   # room for the whitespace JSON allows
                 "messages": [{"role": "user", "content": PROMPT.format(question=question[:cut * 2], a=a[:cut],
                                                                        b=b[:cut])}],
                 "response_format": {"type": "json_schema", "json_schema": {"name": "verdict",
