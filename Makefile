@@ -1,4 +1,4 @@
-.PHONY: setup pipeline repro test bench mlflow-ui prefect-server schedule
+.PHONY: setup pipeline repro test bench serve mlflow-ui prefect-server schedule
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 setup:            ## both environments (idempotent)
@@ -16,6 +16,9 @@ test: setup       ## the test suite
 bench: setup      ## cleaning benchmarks against their baselines: near-dedup vs datasketch, PII vs presidio (~1 min)
 	python -m benchmarks.dedup
 	python -m benchmarks.pii
+
+serve: setup      ## serve the registry's @champion on 127.0.0.1 until Ctrl-C (ARGS="--version 3" or "--alias challenger")
+	python -m tasks.serve.serve_registry $(ARGS)
 
 mlflow-ui:        ## browse runs, metrics, artifacts and the registry at http://127.0.0.1:5000
 	bash infra/mlflow_server.sh

