@@ -1,5 +1,7 @@
 """`python -m tasks STAGE [--params params.yaml]`: run one stage, as `dvc repro` does (see dvc.yaml).
 
+`python -m tasks promote VERSION` and `python -m tasks rollback` move `@champion` by hand (tasks/release/promote.py).
+
 Also the entry point under `accelerate launch --config_file infra/accelerate/<fsdp|deepspeed_zero3>.yaml -m tasks sft`.
 """
 from __future__ import annotations
@@ -7,11 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from tasks.config import apply_runtime_env, load_config
 
 
 def main() -> None:
+    if sys.argv[1:2] in (["promote"], ["rollback"]):
+        from tasks.release.promote import main as move_champion
+        sys.exit(move_champion(sys.argv[1], sys.argv[2:]))
     from tasks.stages import BY_NAME
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -19,6 +19,7 @@ from tasks.common.jsonl import write_json
 from tasks.common.vllm_server import LOG_DIR
 from tasks.config import GatesConfig, Paths
 from tasks.data.canaries import Canary, scan
+from tasks.release.promote import audit_tags
 from tasks.release.report import run_report
 
 # where a planted canary must not be: every output but the raw corpus it was planted in (data/ingested and its DVC
@@ -142,9 +143,10 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     result = {"alias": alias, "why": why, "gates": gates, "compared_with": measured,
               "champion_before": current["version"] if current else None}
     if tracking.active():
-        tags = {"compared_with_champion": str(current["version"])} if current else {}
-        if current and alias == "champion":
-            tags["previous_champion"] = str(current["version"])   # rollback: point @champion back at it
+        tags = {"gates": "failed" if failed else "passed", "failed_gates": ", ".join(failed)[:500]}
+        tags |= {"compared_with_champion": str(current["version"])} if current else {}
+        if alias == "champion":   # the audit trail `promote`/`rollback` continue; previous_champion: the rollback
+            tags |= audit_tags("register", "all gates passed", current and current["version"])
         result |= tracking.register_model(model_name, model_dir, alias, why, tags)
     write_json(out, result)
     report_md.write_text(run_report(result, metrics | {"quantization": quantization}, deployment, stage_order))

@@ -5,27 +5,13 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks import tracking
-from tasks.config import GatesConfig, TrackingConfig
+from tasks.config import GatesConfig
 from tasks.release.register import register
+from tests.release.conftest import QUANTIZED
 
 GOOD = {"ppl": {"base": 10.0, "sft": 9.0, "dpo": 9.5, "served": 9.5}, "pref_accuracy": 0.8, "rouge_l": 0.2,
         "serving": {"ttft_median_ms": 100, "tpot_median_ms": 30, "output_tok_s": 100, "requests_failed": 0,
                     "concurrency": 4}}
-QUANTIZED = {"merged_ppl": 9.4, "quantized_ppl": 9.6, "ppl_ratio": 1.0213, "merged_mb": 260.0, "quantized_mb": 159.0}
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    tracking.configure(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
-                                      artifact_root=str(tmp_path / "art"), experiment="t"))
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    (tmp_path / "deployment.json").write_text(json.dumps({"smoke_answer": "Paris."}))
-    (tmp_path / "quantize.json").write_text(json.dumps(QUANTIZED))
-    return tmp_path
 
 
 def _register(store, metrics, quantization=QUANTIZED):
@@ -86,7 +72,9 @@ def test_candidate_worse_than_the_champion_stays_challenger(store):
     client = MlflowClient()
     assert int(client.get_model_version_by_alias("m", "champion").version) == 1   # the alias did not move
     assert int(client.get_model_version_by_alias("m", "challenger").version) == 2
-    assert client.get_model_version("m", "2").tags == {"compared_with_champion": "1"}
+    assert client.get_model_version("m", "2").tags == {
+        "gates": "failed", "failed_gates": "served ppl vs champion, TPOT p50 ms vs champion",
+        "compared_with_champion": "1"}
     report = (store / "report.md").read_text()
     assert "| served ppl | 9.9 | 9.5 | 1.0421 | <= 1.02 | **no** |" in report
     assert "| ROUGE-L | 0.2 | 0.2 | 0.0 | >= -0.02 | yes |" in report
