@@ -46,7 +46,8 @@ def write_local_task(conversations: list[dict], cfg: BenchmarkConfig, out_dir: P
     task = {"task": LOCAL_TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
             "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\nReply:",
             "doc_to_choice": "choices", "doc_to_target": "answer", "target_delimiter": " ",
-            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]}
+            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                            for m in ("acc", "acc_norm")]}
     (out_dir / f"{LOCAL_TASK}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     return out_dir
 

@@ -219,7 +219,8 @@ def judged(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path, test_set: 
 def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, canaries: list[Canary] = (),
              seed: int = 0, base: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter,
              dpo_adapter: Path = Paths.dpo_adapter, quantized: Path = Paths.quantized,
-             sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test, out_dir: Path = Paths.eval_dir) -> dict:
+             sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
+             out_dir: Path = Paths.eval_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     test_set = list(read_jsonl(sft_test))

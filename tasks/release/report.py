@@ -81,7 +81,8 @@ def _judge(judge: dict) -> list[str]:
              f"in both orders (a verdict that flips with the order is a tie): win rate **{judge['win_rate']}** "
              f"(95% interval {judge['ci95']}); {judge['wins']} wins, {judge['ties']} ties, {judge['losses']} losses, "
              f"{judge['failed']} unparsed. Mean answer length (characters; judges favour longer answers): candidate "
-             f"{judge['mean_answer_chars']['candidate']}, {judge['opponent']} {judge['mean_answer_chars']['opponent']}.",
+             f"{judge['mean_answer_chars']['candidate']}, {judge['opponent']} "
+             f"{judge['mean_answer_chars']['opponent']}.",
              "", f"Calibration on {cal['pairs']} planted pairs whose better reply is known: accuracy "
              f"**{cal['accuracy']}**, order-flip rate {cal.get('order_flip_rate')}, parse-failure rate "
              f"{cal.get('parse_failure_rate')}. A judge near 0.5 here picks by position, not by quality: its win rate "
@@ -107,7 +108,8 @@ def _rag(rag: dict) -> list[str]:
              "non_llm_context_recall": "context recall (ragas, non-LLM)",
              "non_llm_context_precision": "context precision (ragas, non-LLM)",
              "semantic_similarity": "answer similarity to reference (ragas, MiniLM)",
-             "faithfulness": "faithfulness (ragas, LLM-judged)", "answer_relevancy": "answer relevancy (ragas, LLM-judged)",
+             "faithfulness": "faithfulness (ragas, LLM-judged)",
+             "answer_relevancy": "answer relevancy (ragas, LLM-judged)",
              "context_precision": "context precision (ragas, LLM-judged)",
              "context_recall": "context recall (ragas, LLM-judged)"}
     lines = [f"{rag['questions']} questions over {rag['passages']} passages (MiniLM retrieval, top {rag['top_k']}).",

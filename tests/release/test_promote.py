@@ -67,8 +67,8 @@ def test_the_cli_moves_the_alias_and_explains_a_refusal(three_versions):
     (three_versions / "params.yaml").write_text(yaml.safe_dump(params))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "tasks", *args, "--params", "params.yaml"], cwd=three_versions,  # noqa: PLW1510
-                              capture_output=True, text=True, timeout=120)
+        command = [sys.executable, "-m", "tasks", *args, "--params", "params.yaml"]
+        return subprocess.run(command, cwd=three_versions, capture_output=True, text=True, timeout=120, check=False)
 
     refused = cli("promote", "3")
     assert refused.returncode == 1 and "--force --reason" in refused.stderr and champion() == 2
