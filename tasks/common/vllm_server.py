@@ -3,8 +3,8 @@
 Shared by every stage that needs a served model to answer: deploy smoke-tests, evaluate scores and load-tests the
 candidate and the champion. The server runs as its own process from the serving environment (`deploy.python`):
 vLLM pins torch, transformers and fastapi differently from the training stack. It binds to 127.0.0.1 unless params
-say otherwise, is stopped by its process group (vLLM spawns an engine core and workers), and a start that fails
-raises with the tail of its log.
+say otherwise, is stopped by its process group (vLLM spawns an engine core and workers), goes down with the process
+that started it even after a SIGKILL (tasks/common/reaper.py), and a start that fails raises with the tail of its log.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -73,7 +74,9 @@ class VLLMServer:
         env.pop("PYTHONPATH", None)
         t0 = time.monotonic()
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+            # its own session, led by the reaper: one killpg stops every vLLM process, and so does our death
+            reaper = [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), "--"]
+            self.proc = subprocess.Popen(reaper + self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
         deadline = t0 + self.cfg.startup_timeout_s
         while time.monotonic() < deadline:
