@@ -20,6 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tasks.common.hardware import hardware_tags
+from tasks.common.processes import owner_died, owner_tags
 from tasks.config import Config, TrackingConfig
 
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
@@ -64,13 +65,15 @@ def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.
         return os.environ[PARENT_ENV]
     exp_id = configure(cfg.tracking)
     client, key = MlflowClient(), _pipeline_key(params_file)
+    mark_dead_runs(exp_id)
     if launcher == "dvc":
         found = client.search_runs([exp_id], f"tags.`pipeline.key` = '{key}' and tags.`pipeline.launcher` = 'dvc'",
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:
             return found[0].info.run_id
     run = client.create_run(exp_id, run_name=f"pipeline-{launcher}", tags={
-        "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(), **hardware_tags()})
+        "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(), **hardware_tags(),
+        **owner_tags()})
     for section, values in cfg.model_dump().items():
         for name, value in _flatten(values).items():
             client.log_param(run.info.run_id, f"{section}.{name}", value)
@@ -79,6 +82,22 @@ def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.
 
 def end_pipeline(parent_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(parent_id, status)
+
+
+def mark_dead_runs(exp_id: str) -> list[str]:
+    """Runs left RUNNING by a process that died without ending them (a SIGKILL, an OOM kill, a lost machine) are
+    marked KILLED, with the reason as a tag, so the UI never shows them running forever. Returns their ids."""
+    client = MlflowClient()
+    dead = [run for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000)
+            if owner_died(run.data.tags)]
+    for run in dead:
+        client.set_tag(run.info.run_id, "killed_reason", f"its process (pid {run.data.tags['process.pid']}) died "
+                       "without ending the run; marked at the next pipeline start")
+        client.set_terminated(run.info.run_id, "KILLED")
+    if dead:
+        print(f"marked {len(dead)} run(s) left RUNNING by dead processes as KILLED: "
+              + ", ".join(r.info.run_name or r.info.run_id for r in dead))
+    return [r.info.run_id for r in dead]
 
 
 def _flatten(d, prefix: str = "") -> dict:
@@ -111,7 +130,8 @@ def stage_run(cfg: Config, stage: str, parent_id: str, sections: tuple[str, ...]
     """A nested MLflow run for one stage, with its settings as params, git/DVC lineage and the CPU as tags."""
     configure(cfg.tracking)
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id) as run:
-        mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **dvc_hashes(stage), **hardware_tags()})
+        mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **dvc_hashes(stage), **hardware_tags(),
+                         **owner_tags()})
         for section in sections:
             mlflow.log_params({f"params.{section}.{k}": v
                                for k, v in _flatten(getattr(cfg, section).model_dump()).items()})

@@ -1,0 +1,33 @@
+"""Runs a dead process left RUNNING are marked KILLED at the next pipeline start; live, foreign and older runs are
+left alone (nothing tells whether their process died)."""
+import socket
+import subprocess
+
+from mlflow.tracking import MlflowClient
+
+from tasks import tracking
+from tasks.common.processes import owner_tags
+from tasks.config import load_config
+from tests.conftest import ROOT
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    cfg = load_config(ROOT / "params.yaml", [f"tracking.tracking_uri=sqlite:///{tmp_path}/db.sqlite",
+                                             f"tracking.artifact_root={tmp_path}/art"])
+    exp = tracking.configure(cfg.tracking)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host, client = socket.gethostname(), MlflowClient()
+    runs = {"dead": {"process.pid": str(gone.pid), "process.host": host, "process.started": "1"},
+            "reused pid": {**owner_tags(), "process.started": "1"},       # this pid, but not the process that ran it
+            "alive": owner_tags(), "elsewhere": {"process.pid": "1", "process.host": "gpu-7", "process.started": "1"},
+            "older": {}}
+    ids = {name: client.create_run(exp, run_name=name, tags=tags).info.run_id for name, tags in runs.items()}
+    tracking.start_pipeline(cfg, launcher="flow", params_file=ROOT / "params.yaml")
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"dead": "KILLED", "reused pid": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING",
+                      "older": "RUNNING"}
+    assert "died without ending the run" in client.get_run(ids["dead"]).data.tags["killed_reason"]
+    assert client.get_run(ids["dead"]).info.end_time is not None
