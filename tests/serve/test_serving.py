@@ -5,6 +5,8 @@ vs merged is one fp32 forward before and after quantization, and served vs quant
 vLLM. Each check is shown to fail on a model that is truly worse: 4-bit weights on a 135M model, a corrupted scale.
 """
 import json
+import os
+import socket
 
 import pytest
 import torch
@@ -90,3 +92,21 @@ def test_server_that_cannot_start_fails_with_the_cause(tmp_path):
 def test_missing_serving_env_is_a_clear_error(tmp_path):
     with pytest.raises(ServerError, match="make setup"):
         VLLMServer(DeployConfig(python=str(tmp_path / "nope" / "python")), tmp_path)
+
+
+def test_a_port_in_use_is_refused_before_vllm_starts(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is in use"):
+            VLLMServer(DeployConfig(python=SERVE_PY, port=port), tmp_path)
+
+
+def test_a_start_timeout_names_itself_and_leaves_no_process(base_model_dir):
+    server = VLLMServer(DeployConfig(python=SERVE_PY, startup_timeout_s=3), base_model_dir)
+    with pytest.raises(ServerError, match="not healthy after 3 s"):
+        server.start()
+    assert server.proc.poll() is not None             # stopped: the reaper and vLLM's group with it
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.proc.pid, 0)
