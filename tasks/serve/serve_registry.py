@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):   # set before the start, so a signal during it still stops vLLM
         signal.signal(sig, lambda *_: stop.set())
-    server = VLLMServer(deploy, model_dir, served_name=name)
+    server = None
     try:
+        server = VLLMServer(deploy, model_dir, served_name=name)   # refuses a missing serving env or a taken port
         server.start()
         print(f"serving {name} version {found['version']} ({wanted}) at {server.base_url}/v1 as model {name!r}\n"
               f"  curl {server.base_url}/v1/chat/completions -H 'Content-Type: application/json' -d "
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     finally:
-        server.stop()
+        if server:
+            server.stop()
     print("stopped", flush=True)
     return 0
 

@@ -68,3 +68,16 @@ def test_serves_the_champion_and_stops_cleanly_on_sigterm(project, base_model_di
     with socket.socket() as s:                             # vLLM's whole group is gone: nothing holds the port
         assert s.connect_ex(("127.0.0.1", port)) != 0
     assert (project / ".cache" / "champion" / f"v{registered['version']}" / "config.json").exists()
+
+
+def test_a_taken_port_is_a_one_line_error(project, base_model_dir, monkeypatch):
+    monkeypatch.chdir(project)
+    tracking.configure(TrackingConfig())
+    with mlflow.start_run():
+        tracking.register_model(NAME, base_model_dir, "champion", "test")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = serve(project, "--port", str(busy.getsockname()[1]))
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "is in use" in err and "Traceback" not in err
