@@ -202,11 +202,13 @@ def judged(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path, test_set: 
         with timed(times, "judge: calibration"):
             calibration, tables["judge_calibration"] = calibrate(
                 judge, planted_pairs(test_set, jc.calibration_size, seed), cfg.concurrency)
-        llm = judge_llm(judge.base_url, judge.model, jc.ragas_max_tokens, jc.api_key_env)
-        with timed(times, "judge: ragas"):
-            ragas = {"candidate": judged_scores(llm, tables["rag"][:jc.ragas_size], rag_set, cfg.concurrency)}
-            if champion:
-                ragas["champion"] = judged_scores(llm, champion_rag[:jc.ragas_size], rag_set, cfg.concurrency)
+        ragas = {}
+        if jc.ragas_size:
+            llm = judge_llm(judge.base_url, judge.model, jc.ragas_max_tokens, jc.api_key_env)
+            with timed(times, "judge: ragas"):
+                ragas["candidate"] = judged_scores(llm, tables["rag"][:jc.ragas_size], rag_set, cfg.concurrency)
+                if champion:
+                    ragas["champion"] = judged_scores(llm, champion_rag[:jc.ragas_size], rag_set, cfg.concurrency)
     tables["judge"] = [{"id": r["id"], "question": q, "candidate": r["answer"], "opponent": t, **v}
                        for q, r, t, v in zip(questions, rows, theirs, verdicts)]
     chars = {"candidate": [len(r["answer"]) for r in rows], "opponent": [len(t) for t in theirs]}
@@ -239,9 +241,9 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, can
     if cfg.judge.size or cfg.judge.calibration_size or cfg.judge.ragas_size:
         found = judged(cfg, deploy_cfg, base, test_set, rag_set, tables, champion, champion_rag, seed, times)
         metrics["judge"] = found["judge"]
-        metrics["rag"] |= found["ragas"]["candidate"]
+        metrics["rag"] |= found["ragas"].get("candidate", {})
         if champion:
-            champion["rag"] |= found["ragas"]["champion"]
+            champion["rag"] |= found["ragas"].get("champion", {})
     metrics["time_s"] = times
     write_jsonl(out_dir / "answers.jsonl", tables["answers"])
     for name, rows in tables.items():
