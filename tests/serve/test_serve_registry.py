@@ -36,7 +36,7 @@ def serve(project, *args) -> subprocess.Popen:
 
 def test_nothing_registered_says_what_to_do(project):
     proc = serve(project)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and f"no @champion of '{NAME}'" in err and "make pipeline" in err
 
 
@@ -79,5 +79,5 @@ def test_a_taken_port_is_a_one_line_error(project, base_model_dir, monkeypatch):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         proc = serve(project, "--port", str(busy.getsockname()[1]))
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "is in use" in err and "Traceback" not in err
