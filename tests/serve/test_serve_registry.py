@@ -25,8 +25,19 @@ NAME = "smollm2-sharegpt"
 def project(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["deploy"]["python"] = str(ROOT / ".venv-serve" / "bin" / "python")
+    # absolute: MLflow caches one store per URI, so a relative sqlite path would still open the last test's file
+    params["tracking"] |= {"tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+                           "artifact_root": str(tmp_path / "mlruns" / "artifacts")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
+
+
+def registered(project, model_dir) -> dict:
+    """`model_dir` as version 1 @champion in the project's own store, as params.yaml names it."""
+    params = yaml.safe_load((project / "params.yaml").read_text())["tracking"]
+    tracking.configure(TrackingConfig(**params))
+    with mlflow.start_run():
+        return tracking.register_model(NAME, model_dir, "champion", "test")
 
 
 def serve(project, *args) -> subprocess.Popen:
@@ -42,16 +53,14 @@ def test_nothing_registered_says_what_to_do(project):
 
 def test_serves_the_champion_and_stops_cleanly_on_sigterm(project, base_model_dir, monkeypatch):
     monkeypatch.chdir(project)
-    tracking.configure(TrackingConfig())                 # the project's own store, as params.yaml says
-    with mlflow.start_run():
-        registered = tracking.register_model(NAME, base_model_dir, "champion", "test")
+    version = registered(project, base_model_dir)["version"]
     proc = serve(project)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("serving"):
             break
-    assert lines and lines[-1].startswith(f"serving {NAME} version {registered['version']} (@champion)"), \
+    assert lines and lines[-1].startswith(f"serving {NAME} version {version} (@champion)"), \
         "".join(lines) + proc.stderr.read()
     url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", lines[-1]).group(1)
     body = {"model": NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -67,14 +76,12 @@ def test_serves_the_champion_and_stops_cleanly_on_sigterm(project, base_model_di
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as s:                             # vLLM's whole group is gone: nothing holds the port
         assert s.connect_ex(("127.0.0.1", port)) != 0
-    assert (project / ".cache" / "champion" / f"v{registered['version']}" / "config.json").exists()
+    assert (project / ".cache" / "champion" / f"v{version}" / "config.json").exists()
 
 
 def test_a_taken_port_is_a_one_line_error(project, base_model_dir, monkeypatch):
     monkeypatch.chdir(project)
-    tracking.configure(TrackingConfig())
-    with mlflow.start_run():
-        tracking.register_model(NAME, base_model_dir, "champion", "test")
+    registered(project, base_model_dir)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
