@@ -175,6 +175,20 @@ class DeployConfig(_Section):
     env: dict[str, str] = {}
 
 
+class ServeConfig(_Section):
+    """`make serve` (tasks/serve/serve_registry.py): a proxy at host:port in front of vLLM (run with `deploy`'s
+    settings), following a registry alias, with per-request caps and Prometheus figures logged to MLflow."""
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0)            # the proxy's port, stable across swaps (0 = a free port)
+    poll_s: float = Field(10, gt=0)          # how often the alias is looked up in the registry
+    drain_timeout_s: float = Field(600, gt=0)   # the old server finishes its requests for at most this long
+    max_n: int = Field(4, ge=1)              # caps per request, answered 400 above them (413 for the body size)
+    max_tokens: int = Field(512, ge=1)       # also the limit a request that names none gets
+    max_request_bytes: int = Field(256 * 1024, ge=1024)
+    metrics_interval_s: float = Field(15, gt=0)   # vLLM's /metrics scraped into MLflow time series this often
+    cost_per_hour: float = Field(0.0, ge=0)  # what the machine costs, for cost per 1M tokens (0 = not logged)
+
+
 class RagConfig(_Section):
     """RAG evaluation on the served endpoint (tasks/evaluate/rag.py); empty documents/questions: held-out replies."""
     documents: str = ""                      # a folder of .md/.txt, or a JSONL with "text"
@@ -214,9 +228,8 @@ class EvaluateConfig(_Section):
     eval_size: int = 32
     max_tokens: int = 96
     concurrency: int = 4
-    load_prompts: int = 32
-    load_input_len: int = 128
-    load_output_len: int = 64
+    load_prompts: int = 32                   # held-out questions, cycled, through vLLM's benchmark client
+    load_output_len: int = 64                # each asks for its real reply's length, at most this
     rag: RagConfig = RagConfig()
     judge: JudgeConfig = JudgeConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
@@ -268,6 +281,7 @@ class Config(_Section):
     dpo: DpoConfig = DpoConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     deploy: DeployConfig = DeployConfig()
+    serve: ServeConfig = ServeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gates: GatesConfig = GatesConfig()
 

@@ -193,3 +193,18 @@ def log_table(rows: list[dict], name: str) -> None:
     """Per-example rows as an MLflow table (the run's Artifacts and the Evaluation view), when a run is open."""
     if rows and active():
         mlflow.log_table({key: [row.get(key) for row in rows] for key in rows[0]}, artifact_file=name)
+
+
+@contextmanager
+def serving_run(name: str, alias: str, tags: dict[str, str]) -> Iterator[str]:
+    """One MLflow run per `make serve`: the versions it served and vLLM's figures over time (`log_series`). Ended
+    FINISHED on a clean stop; a SIGKILL leaves it to `mark_dead_runs` (its owner is recorded)."""
+    with mlflow.start_run(run_name=f"serve {name}@{alias}") as run:
+        mlflow.set_tags({"stage": "serve", "serve.alias": alias, **tags, **hardware_tags(), **owner_tags()})
+        yield run.info.run_id
+
+
+def log_series(metrics: dict[str, float], step: int) -> None:
+    """Figures of one moment as points of time series (the run's metric charts), where a run is open."""
+    if active():
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v}, step=step)   # v == v: not NaN

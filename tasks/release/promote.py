@@ -88,6 +88,6 @@ def main(command: str, argv: list[str]) -> int:
     except PromotionError as err:
         print(f"{command}: {err}", file=sys.stderr)
         return 1
-    print(f"models:/{name}@champion -> version {result['champion']} ({command}); a running `make serve` keeps the "
-          "version it started with: restart it")
+    print(f"models:/{name}@champion -> version {result['champion']} ({command}); a running `make serve` moves to it "
+          f"within serve.poll_s ({cfg.serve.poll_s:.0f} s) without dropping a request")
     return 0

@@ -1,12 +1,15 @@
-"""`make serve`: a registered model version behind vLLM's OpenAI-compatible server, until Ctrl-C or SIGTERM.
+"""`make serve`: the registry's @champion behind one stable address, following the alias, until Ctrl-C or SIGTERM.
 
     python -m tasks.serve.serve_registry [--alias champion | --version N] [--port P] [--params params.yaml]
 
-Resolves `models:/<tracking.registered_model>@champion` (or another alias, or a version) in the MLflow registry,
-fetches that version's files once into .cache/champion/vN (a version's files never change), and starts vLLM from the
-serving env on `deploy.host` (127.0.0.1 unless params say otherwise), health-checked, with the registered model's
-name as the served model name. A stop signal stops vLLM's whole process group before this exits. Following the
-alias while serving (a hot swap when `@champion` moves) is not built yet: restart it after a promotion.
+A proxy on serve.host:serve.port (127.0.0.1:8000 by default; tasks/serve/proxy.py) answers OpenAI-compatible
+requests under the registered model's name, with per-request caps (serve.max_n, max_tokens, max_request_bytes), and
+stamps each answer with `x-model-version`. Behind it, vLLM (the serving env, `deploy` settings) serves the version the
+alias points at, fetched once into .cache/champion/vN. Every serve.poll_s the alias is looked up again: when
+`promote` or `rollback` moved it, the new version starts beside the old one, traffic moves once it is healthy, and
+the old one stops after its last request (tasks/serve/swap.py). `--version N` pins a version and does not follow.
+vLLM's Prometheus /metrics go to an MLflow run `serve <name>@<alias>` as time series. A stop signal stops every
+vLLM process group before this exits.
 """
 from __future__ import annotations
 
@@ -14,10 +17,14 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 from tasks import tracking
-from tasks.common.vllm_server import ServerError, VLLMServer
-from tasks.config import Paths, apply_runtime_env, load_config
+from tasks.common.vllm_server import ServerError
+from tasks.config import apply_runtime_env, load_config
+from tasks.common import prometheus
+from tasks.serve.proxy import Backend, Proxy
+from tasks.serve.swap import swap
 
 
 def resolve(name: str, alias: str, version: int | None) -> dict | None:
@@ -34,14 +41,77 @@ def resolve(name: str, alias: str, version: int | None) -> dict | None:
     return {"version": int(found.version), "source": found.source}
 
 
+def banner(name: str, wanted: str, version: int, url: str) -> str:
+    return (f"serving {name} version {version} ({wanted}) at {url}/v1 as model {name!r}\n"
+            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d "
+            f"'{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n"
+            "Ctrl-C stops it.")
+
+
+class Monitor:
+    """vLLM's /metrics every serve.metrics_interval_s, as a window since the last scrape, into MLflow series."""
+
+    def __init__(self, interval_s: float, cost_per_hour: float):
+        self.interval_s, self.cost_per_hour = interval_s, cost_per_hour
+        self.last: tuple[str, prometheus.Snapshot] | None = None
+        self.step, self.due = 0, time.monotonic()   # a first scrape at once: the baseline
+
+    def tick(self, backend: Backend) -> None:
+        if time.monotonic() < self.due:
+            return
+        self.due = time.monotonic() + self.interval_s
+        try:
+            snap = prometheus.scrape(backend.url, time.time())
+        except OSError:
+            return                                   # a swap or a restart in progress: the next tick catches up
+        if self.last and self.last[0] == backend.url:
+            figures = prometheus.window(self.last[1], snap, self.cost_per_hour)
+            tracking.log_series({**figures, "served_version": backend.version}, self.step)
+            self.step += 1
+        self.last = (backend.url, snap)
+
+
+def follow(proxy: Proxy, name: str, alias: str, cfg, stop: threading.Event) -> int:
+    """Keep the proxy on the version `alias` points at until `stop`; 1 if the serving vLLM dies."""
+    monitor, failed, next_poll = Monitor(cfg.serve.metrics_interval_s, cfg.serve.cost_per_hour), None, 0.0
+    while not stop.wait(0.5):
+        backend = proxy.current
+        if backend.server.proc.poll() is not None:
+            print(f"vLLM (version {backend.version}) exited with code {backend.server.proc.returncode}:\n"
+                  f"{backend.server.log_tail()}", file=sys.stderr)
+            return 1
+        monitor.tick(backend)
+        if alias == "" or time.monotonic() < next_poll:
+            continue
+        next_poll = time.monotonic() + cfg.serve.poll_s
+        try:
+            found = tracking.champion(name, alias)
+        except Exception as err:   # noqa: BLE001 -- a registry outage must not stop serving
+            print(f"registry lookup failed ({type(err).__name__}: {err}); still serving version {backend.version}",
+                  file=sys.stderr)
+            continue
+        if found is None or found["version"] in (backend.version, failed):
+            continue
+        print(f"@{alias} moved: version {backend.version} -> {found['version']}", flush=True)
+        try:
+            swap(proxy, found, name, cfg.deploy, cfg.serve.drain_timeout_s)
+        except ServerError as err:
+            failed = found["version"]                # not retried until the alias moves again
+            print(f"version {failed} did not start; still serving version {backend.version}:\n{err}",
+                  file=sys.stderr, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alias", default="champion")
-    parser.add_argument("--version", type=int)
-    parser.add_argument("--port", type=int, help="default: deploy.port (0 = a free port)")
+    parser.add_argument("--version", type=int, help="serve this version and do not follow an alias")
+    parser.add_argument("--port", type=int, help="the address users call: default serve.port (0 = a free port)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    if args.port is not None:
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"port": args.port})})
     apply_runtime_env(cfg)
     tracking.configure(cfg.tracking)
     name = cfg.tracking.registered_model
@@ -51,31 +121,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no {wanted} of {name!r} in the registry at {cfg.tracking.tracking_uri}: run `make pipeline` first, "
               "or pick one with --alias / --version", file=sys.stderr)
         return 2
-    model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
-    deploy = cfg.deploy.model_copy(update={} if args.port is None else {"port": args.port})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):   # set before the start, so a signal during it still stops vLLM
         signal.signal(sig, lambda *_: stop.set())
-    server = None
+    proxy = Proxy(cfg.serve, cfg.deploy.request_timeout_s)
     try:
-        server = VLLMServer(deploy, model_dir, served_name=name)   # refuses a missing serving env or a taken port
-        server.start()
-        print(f"serving {name} version {found['version']} ({wanted}) at {server.base_url}/v1 as model {name!r}\n"
-              f"  curl {server.base_url}/v1/chat/completions -H 'Content-Type: application/json' -d "
-              f"'{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n"
-              "Ctrl-C stops it.", flush=True)
-        while not stop.wait(1):
-            if server.proc.poll() is not None:
-                print(f"vLLM exited with code {server.proc.returncode}:\n{server.log_tail()}", file=sys.stderr)
-                return 1
-    except ServerError as err:
+        proxy.start()
+    except OSError as err:
         print(err, file=sys.stderr)
         return 1
+    code = 0
+    try:
+        with tracking.serving_run(name, args.alias if args.version is None else f"v{args.version}",
+                                  {"serve.url": proxy.url}):
+            swap(proxy, found, name, cfg.deploy, cfg.serve.drain_timeout_s)
+            print(banner(name, wanted, found["version"], proxy.url), flush=True)
+            code = follow(proxy, name, args.alias if args.version is None else "", cfg, stop)
+    except ServerError as err:
+        print(err, file=sys.stderr)
+        code = 1
     finally:
-        if server:
-            server.stop()
-    print("stopped", flush=True)
-    return 0
+        proxy.stop()
+        if proxy.current:
+            proxy.current.server.stop()
+    if code == 0:
+        print("stopped", flush=True)
+    return code
 
 
 if __name__ == "__main__":

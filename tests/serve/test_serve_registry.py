@@ -1,5 +1,7 @@
-"""`make serve` as a user runs it: the registry's @champion behind vLLM on 127.0.0.1, answering under the registered
-model's name, and gone (process group and port) after SIGTERM; with nothing registered, a clear message."""
+"""`make serve` as a user runs it: the registry's @champion behind one address on 127.0.0.1, answering under the
+registered model's name; `promote` and `rollback` swap the served model under a running load with no failed request;
+over-cap requests are refused and the server stays up; after SIGTERM nothing is left (processes, ports) and the
+serving run in MLflow is FINISHED with vLLM's figures as time series. With nothing registered, a clear message."""
 import json
 import os
 import re
@@ -7,6 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -51,32 +56,136 @@ def test_nothing_registered_says_what_to_do(project):
     assert proc.returncode == 2 and f"no @champion of '{NAME}'" in err and "make pipeline" in err
 
 
-def test_serves_the_champion_and_stops_cleanly_on_sigterm(project, base_model_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def other_model(base_model_dir, tmp_path_factory):
+    """The base model with noise on its MLP weights: loads and answers like a model, but not the base's answer."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("other") / "model"
+    shutil.copytree(base_model_dir, out)
+    tensors = load_file(out / "model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    for key in [k for k in tensors if ".mlp." in k]:
+        t = tensors[key].float()
+        tensors[key] = (t + 0.3 * t.std() * torch.randn(t.shape, generator=gen)).to(tensors[key].dtype)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def chat(url: str, **extra) -> tuple[int, str, str]:
+    """(status, answer or error message, x-model-version) of one greedy chat through `make serve`'s address."""
+    body = {"model": NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 12, "temperature": 0, **extra}
+    req = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            return resp.status, json.loads(resp.read())["choices"][0]["message"]["content"], \
+                resp.headers["x-model-version"]
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())["error"]["message"], ""
+
+
+class Load:
+    """Two clients sending chats back to back through the swap; every outcome kept, failures included."""
+
+    def __init__(self, url: str):
+        self.url, self.stop, self.results = url, threading.Event(), []
+        self.threads = [threading.Thread(target=self._client) for _ in range(2)]
+        for t in self.threads:
+            t.start()
+
+    def _client(self):
+        while not self.stop.is_set():
+            try:
+                self.results.append(chat(self.url))
+            except Exception as err:   # noqa: BLE001 -- a refused connection or a cut answer is what we count
+                self.results.append((0, repr(err), ""))
+            time.sleep(0.2)
+
+    def wait_for_version(self, version: str, serving: subprocess.Popen, timeout_s: float = 400) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(r[2] == version for r in self.results[-2:]):
+            if time.monotonic() > deadline or serving.poll() is not None:
+                self.finish()
+                serving.terminate()
+                out, err = serving.communicate(timeout=120)
+                pytest.fail(f"version {version} never answered: {self.results[-3:]}\nmake serve said:\n{out}{err}")
+            time.sleep(1)
+
+    def finish(self) -> list:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        return self.results
+
+
+def cli(project, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tasks", *args], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+
+
+def test_serve_follows_promote_and_rollback_under_load_without_a_failed_request(project, base_model_dir, other_model,
+                                                                                 monkeypatch):
     monkeypatch.chdir(project)
-    version = registered(project, base_model_dir)["version"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["serve"] |= {"port": 0, "poll_s": 1, "metrics_interval_s": 2}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    v1 = registered(project, base_model_dir)["version"]
+    with mlflow.start_run():
+        v2 = tracking.register_model(NAME, other_model, "challenger", "test", tags={"gates": "passed"})["version"]
     proc = serve(project)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("serving"):
             break
-    assert lines and lines[-1].startswith(f"serving {NAME} version {version} (@champion)"), \
+    assert lines and lines[-1].startswith(f"serving {NAME} version {v1} (@champion)"), \
         "".join(lines) + proc.stderr.read()
     url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", lines[-1]).group(1)
-    body = {"model": NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-            "max_tokens": 16, "temperature": 0}
-    req = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        assert json.loads(resp.read())["choices"][0]["message"]["content"].strip()
     assert "curl" in next(proc.stdout)
+    status, answer_v1, version = chat(url)
+    assert status == 200 and answer_v1.strip() and version == str(v1)
+
+    status, message, _ = chat(url, n=1000)                  # measured: vLLM alone held the server 19 s on this
+    assert status == 400 and "serve.max_n" in message
+    assert chat(url)[0] == 200                              # and it is still up
+
+    load = Load(url)
+    moved = cli(project, "promote", str(v2), "--reason", "test swap")
+    assert moved.returncode == 0, moved.stderr
+    load.wait_for_version(str(v2), proc)
+    status, answer_v2, version = chat(url)
+    assert status == 200 and version == str(v2) and answer_v2 != answer_v1   # another model answers, not a label
+    assert cli(project, "rollback", "--reason", "test rollback").returncode == 0
+    load.wait_for_version(str(v1), proc)
+    results = load.finish()
+    assert chat(url)[1:] == (answer_v1, str(v1))
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed across the swaps: {failed[:3]}"
+    assert {r[2] for r in results} == {str(v1), str(v2)}
+
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "stopped" in out
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped" in out, out + err
+    assert f"version {v1} stopped after finishing" in out and f"version {v2} stopped after finishing" in out
     port = int(url.rsplit(":", 1)[1].split("/")[0])
-    with socket.socket() as s:                             # vLLM's whole group is gone: nothing holds the port
+    with socket.socket() as s:                             # the proxy is gone ...
         assert s.connect_ex(("127.0.0.1", port)) != 0
-    assert (project / ".cache" / "champion" / f"v{version}" / "config.json").exists()
+    assert not subprocess.run(["pgrep", "-f", str(project / ".cache" / "champion")], capture_output=True,
+                              text=True).stdout.strip(), "a vLLM server outlived make serve"   # ... and every vLLM
+
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'serve'", output_format="list")
+    assert len(run) == 1 and run[0].info.status == "FINISHED"
+    client = mlflow.MlflowClient()
+    served = {m.value for m in client.get_metric_history(run[0].info.run_id, "served_version")}
+    assert served == {v1, v2}                               # the swaps, visible on the run's charts
+    assert client.get_metric_history(run[0].info.run_id, "ttft_s_p50")   # vLLM's own /metrics, scraped
+    tags = client.get_model_version(NAME, str(v1)).tags
+    assert tags["promoted_by"] == "rollback" and tags["rolled_back_from"] == str(v2)
 
 
 def test_a_taken_port_is_a_one_line_error(project, base_model_dir, monkeypatch):

@@ -1,0 +1,194 @@
+"""The front door of `make serve`: one stable address in front of whichever vLLM server holds the registry's alias.
+
+Why a proxy of our own: blue/green on one machine needs (1) an address that outlives any one vLLM server, (2) an
+atomic switch of where new requests go, (3) a count of requests still in flight on the old server so it is stopped
+only once drained, and (4) per-request caps vLLM does not have (measured: one request with n=1000 was accepted and
+held the server 19 s). nginx would do (1)-(2) but not (3) from Python or (4) on JSON bodies; ~150 lines of Starlette
+and httpx (both already in the stack) do all four, stream server-sent events through unbuffered, and stamp each
+answer with the version that gave it (`x-model-version`).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tasks.config import ServeConfig
+
+GENERATING = ("/v1/chat/completions", "/v1/completions")
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade",
+              "proxy-connection", "te", "trailer"}
+
+
+@dataclass
+class Backend:
+    """One vLLM server the proxy may send requests to."""
+    url: str
+    version: int
+    in_flight: int = 0
+    served: int = 0
+    slot: int = 0                                      # which half of the CPU cores it runs on (tasks/serve/swap.py)
+    server: object = field(default=None, repr=False)   # the VLLMServer, for whoever stops it after a drain
+
+
+def check_caps(path: str, raw: bytes, cfg: ServeConfig) -> tuple[str, dict | None]:
+    """('', body to forward) for an acceptable request; (why, None) for one that asks more than `cfg` allows.
+
+    A generating request without `max_tokens` gets the cap as its limit: vLLM's default is the whole context."""
+    if len(raw) > cfg.max_request_bytes:
+        return (f"request body is {len(raw)} bytes; serve.max_request_bytes allows {cfg.max_request_bytes}", None)
+    if path not in GENERATING:
+        return "", None
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as err:
+        return f"request body is not JSON: {err}", None
+    if not isinstance(body, dict):
+        return "request body must be a JSON object", None
+    for key, cap in (("n", cfg.max_n), ("best_of", cfg.max_n), ("max_tokens", cfg.max_tokens),
+                     ("max_completion_tokens", cfg.max_tokens)):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > cap:
+            return f"{key}={value} exceeds this server's cap of {cap} (serve.max_{_cap_name(key)} in params.yaml)", None
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = cfg.max_tokens
+    return "", body
+
+
+def _cap_name(key: str) -> str:
+    return "n" if key in ("n", "best_of") else "tokens"
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    """OpenAI's error shape, so clients' own error handling reads it."""
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+class Proxy:
+    """`Proxy(cfg).start()` listens on serve.host:serve.port; `switch(backend)` sends new requests there and returns
+    the previous backend, which `drain` waits on before its server is stopped."""
+
+    def __init__(self, cfg: ServeConfig, request_timeout_s: float = 600):
+        self.cfg = cfg
+        self.current: Backend | None = None
+        self._lock = threading.Lock()        # switch() runs in the caller's thread, requests in uvicorn's loop
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout_s, connect=10),
+                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        app = Starlette(routes=[Route("/health", self._health), Route("/version", self._version),
+                                Route("/{path:path}", self._forward, methods=["GET", "POST", "DELETE", "PUT"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                                     access_log=False, timeout_graceful_shutdown=5))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        sockets = [s for server in self._server.servers for s in server.sockets] if self._server.started else []
+        return sockets[0].getsockname()[1] if sockets else self.cfg.port
+
+    def start(self, timeout_s: float = 30) -> Proxy:
+        self._thread = threading.Thread(target=self._run, name="serve-proxy", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"port {self.cfg.port} on {self.cfg.host} is in use or cannot be bound: the serving "
+                              "proxy could not listen there; pick another with --port or serve.port")
+            time.sleep(0.05)
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._server.run()
+        except SystemExit:                    # uvicorn exits this way when it cannot bind; start() says why
+            pass
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread:
+            self._thread.join(10)
+
+    def switch(self, backend: Backend) -> Backend | None:
+        with self._lock:
+            previous, self.current = self.current, backend
+        return previous
+
+    def drain(self, backend: Backend, timeout_s: float) -> bool:
+        """Wait until no request the proxy sent to `backend` is still running; False if `timeout_s` ran out."""
+        deadline = time.monotonic() + timeout_s
+        while backend.in_flight and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return backend.in_flight == 0
+
+    def _acquire(self) -> Backend | None:
+        with self._lock:
+            backend = self.current
+            if backend:
+                backend.in_flight += 1
+            return backend
+
+    @staticmethod
+    def _release(backend: Backend) -> None:
+        backend.in_flight -= 1
+        backend.served += 1
+
+    async def _health(self, request: Request) -> Response:
+        backend = self.current
+        if backend is None:
+            return _error(503, "no model is being served yet", "unavailable")
+        try:
+            ok = (await self._client.get(f"{backend.url}/health", timeout=5)).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        return JSONResponse({"status": "ok" if ok else "unhealthy", "version": backend.version},
+                            status_code=200 if ok else 503)
+
+    async def _version(self, request: Request) -> Response:
+        backend = self.current
+        return JSONResponse({"version": backend.version if backend else None})
+
+    async def _forward(self, request: Request) -> Response:
+        raw = await request.body()
+        path = request.url.path
+        why, body = check_caps(path, raw, self.cfg) if request.method == "POST" else ("", None)
+        if why:
+            return _error(413 if "bytes" in why else 400, why)
+        backend = self._acquire()
+        if backend is None:
+            return _error(503, "no model is being served yet", "unavailable")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        content = json.dumps(body).encode() if body is not None else raw
+        if body is not None:
+            headers["content-type"] = "application/json"
+        url = f"{backend.url}{path}" + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            upstream = await self._client.send(self._client.build_request(request.method, url, content=content,
+                                                                          headers=headers), stream=True)
+        except httpx.HTTPError as err:
+            self._release(backend)
+            return _error(502, f"model version {backend.version} did not answer: {type(err).__name__}: {err}",
+                          "upstream_error")
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        out_headers["x-model-version"] = str(backend.version)
+        return StreamingResponse(self._relay(upstream, backend), status_code=upstream.status_code,
+                                 headers=out_headers)
+
+    async def _relay(self, upstream: httpx.Response, backend: Backend) -> AsyncIterator[bytes]:
+        try:                                  # an upstream failure mid-answer propagates: the client sees it cut
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            self._release(backend)
