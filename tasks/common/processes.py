@@ -5,12 +5,14 @@ ticks since boot) and host; the owner is alive only if a process with that pid a
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 from pathlib import Path
 
 
-def _started(pid: int) -> str | None:
+def process_started(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -20,7 +22,7 @@ def _started(pid: int) -> str | None:
 
 def owner_tags() -> dict[str, str]:
     return {"process.pid": str(os.getpid()), "process.host": socket.gethostname(),
-            "process.started": _started(os.getpid()) or ""}
+            "process.started": process_started(os.getpid()) or ""}
 
 
 def owner_died(tags: dict[str, str]) -> bool:
@@ -28,4 +30,28 @@ def owner_died(tags: dict[str, str]) -> bool:
     lives, or when the run was made elsewhere or before runs recorded their owner (nothing to judge by)."""
     if tags.get("process.host") != socket.gethostname() or not tags.get("process.pid"):
         return False
-    return _started(int(tags["process.pid"])) != tags.get("process.started")
+    return process_started(int(tags["process.pid"])) != tags.get("process.started")
+
+
+def reap_stale_groups(pid_dir: Path) -> list[int]:
+    """Process groups recorded in `pid_dir/*.pid` (owner_tags + "pgid", one JSON each) whose owner died: killed, and
+    their files removed. The reaper (tasks/common/reaper.py) normally takes a server down with its owner; this covers
+    the reaper itself being killed (an OOM kill, `kill -9` of its pid). Returns the groups it killed."""
+    killed = []
+    for path in pid_dir.glob("*.pid"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not owner_died(record):
+            continue
+        pgid = int(record["pgid"])
+        # a living leader must be the one recorded (not a reused pid); a dead one may leave members (vLLM's engine)
+        if process_started(pgid) in (None, record.get("pgid_started")):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+                killed.append(pgid)
+            except ProcessLookupError:
+                pass
+        path.unlink(missing_ok=True)
+    return killed

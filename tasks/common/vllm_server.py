@@ -4,7 +4,8 @@ Shared by every stage that needs a served model to answer: deploy smoke-tests, e
 candidate and the champion. The server runs as its own process from the serving environment (`deploy.python`):
 vLLM pins torch, transformers and fastapi differently from the training stack. It binds to 127.0.0.1 unless params
 say otherwise, is stopped by its process group (vLLM spawns an engine core and workers), goes down with the process
-that started it even after a SIGKILL (tasks/common/reaper.py), and a start that fails raises with the tail of its log.
+that started it even after a SIGKILL (tasks/common/reaper.py; and should the reaper be killed too, the next start
+kills the group recorded in its .pid file), and a start that fails raises with the tail of its log.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tasks.common.hardware import serving_dtype
+from tasks.common.processes import owner_tags, process_started, reap_stale_groups
 from tasks.config import TELEMETRY_OFF, DeployConfig
 
 SERVED_NAME = "candidate"
@@ -76,8 +78,14 @@ class VLLMServer:
                "--gpu-memory-utilization", str(self.cfg.memory_utilization), "--dtype", serving_dtype(self.cfg.dtype)]
         return cmd + (["--enforce-eager"] if self.cfg.enforce_eager else []) + list(self.cfg.extra_args)
 
+    @property
+    def pid_path(self) -> Path:
+        return LOG_DIR / f"vllm-{self.port}.pid"
+
     def start(self) -> "VLLMServer":
         LOG_DIR.mkdir(exist_ok=True)
+        for pgid in reap_stale_groups(LOG_DIR):
+            print(f"killed vLLM process group {pgid}, left serving by a process that died", flush=True)
         env = {**os.environ, **TELEMETRY_OFF, **self.cfg.env}
         env.pop("PYTHONPATH", None)
         t0 = time.monotonic()
@@ -86,6 +94,8 @@ class VLLMServer:
             reaper = [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), "--"]
             self.proc = subprocess.Popen(reaper + self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
+        self.pid_path.write_text(json.dumps({**owner_tags(), "pgid": self.proc.pid,
+                                             "pgid_started": process_started(self.proc.pid)}))
         deadline = t0 + self.cfg.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -107,6 +117,7 @@ class VLLMServer:
         return "\n".join(errors + ["..."] + log[-lines:])
 
     def stop(self, grace_s: float = 20) -> None:
+        self.pid_path.unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)

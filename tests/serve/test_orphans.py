@@ -49,3 +49,30 @@ def test_a_sigkilled_parent_leaves_no_vllm_process_and_no_open_port(base_model_d
     assert not survivors, f"vLLM processes outlived their parent: {survivors}"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_group_whose_owner_and_reaper_both_died_is_killed_at_the_next_start(tmp_path):
+    """The reaper itself killed (an OOM kill): the .pid file VLLMServer writes lets the next start kill the group."""
+    import json
+
+    from tasks.common.processes import owner_tags, process_started, reap_stale_groups
+
+    dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner.wait()
+    orphan = subprocess.Popen(["sh", "-c", "sleep 600 & wait"], start_new_session=True)   # leader + a member
+    alive = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    record = {"process.pid": str(dead_owner.pid), "process.host": socket.gethostname(), "process.started": "1"}
+    (tmp_path / "vllm-2.pid").write_text(json.dumps({**owner_tags(), "pgid": alive.pid,   # its owner lives: kept
+                                                     "pgid_started": process_started(alive.pid)}))
+    started = process_started(orphan.pid)
+    orphan.kill()                                      # the reaper killed: its group's member serves on
+    orphan.wait()
+    assert group_alive(orphan.pid)
+    (tmp_path / "vllm-1.pid").write_text(json.dumps({**record, "pgid": orphan.pid, "pgid_started": started}))
+    assert reap_stale_groups(tmp_path) == [orphan.pid]
+    deadline = time.monotonic() + 10
+    while group_alive(orphan.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not group_alive(orphan.pid) and alive.poll() is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vllm-2.pid"]
+    alive.kill()
