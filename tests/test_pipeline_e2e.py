@@ -30,9 +30,9 @@ SMALL = {
     "dpo": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "logging_steps": 1},
     "deploy": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},
     "gates": {"min_pref_accuracy": 0.0},   # 2 DPO steps on 8 pairs: the accuracy limit is for real runs
-    "evaluate": {"eval_size": 4, "max_tokens": 24, "concurrency": 2, "load_prompts": 4, "load_input_len": 32,
-                 "load_output_len": 16, "rag": {"size": 4, "max_tokens": 16},
-                 "judge": {"size": 2, "calibration_size": 1, "ragas_size": 1}, "benchmark": {"size": 4}},
+    "evaluate": {"eval_size": 4, "max_tokens": 24, "concurrency": 2, "load_prompts": 4, "load_output_len": 16,
+                 "rag": {"size": 4, "max_tokens": 16}, "judge": {"size": 2, "calibration_size": 1, "ragas_size": 1},
+                 "benchmark": {"size": 4}},
 }
 
 

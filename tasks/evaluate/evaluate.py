@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from pathlib import Path
 from rouge_score import rouge_scorer
 
 from tasks import tracking
-from tasks.common import plots
+from tasks.common import plots, prometheus
 from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
 from tasks.common.vllm_server import SERVED_NAME, VLLMServer
 from tasks.config import DeployConfig, EvaluateConfig, Paths
@@ -96,17 +97,49 @@ def served_answers(server: VLLMServer, conversations: list[dict], cfg: EvaluateC
             for c, (_, ref), reply in zip(convs, splits, replies)]
 
 
-def load_test(server: VLLMServer, cfg: EvaluateConfig, tokenizer_dir: Path, out: Path) -> dict:
-    args = ["--backend", "openai-chat", "--base-url", server.base_url, "--endpoint", "/v1/chat/completions",
-            "--model", SERVED_NAME, "--tokenizer", str(tokenizer_dir.resolve()), "--dataset-name", "random",
-            "--random-input-len", str(cfg.load_input_len), "--random-output-len", str(cfg.load_output_len),
-            "--num-prompts", str(cfg.load_prompts), "--max-concurrency", str(cfg.concurrency), "--seed", "0"]
+def bench_request(tokenizer, prompt: str, reply: str, max_output: int) -> dict | None:
+    """One request in `vllm bench serve --dataset-name sharegpt` form: the reply, cut to `max_output` tokens, sets how
+    many tokens are generated (with ignore_eos), as vLLM counts them; None where vLLM would skip it (< 4 tokens)."""
+    completion = tokenizer.decode(tokenizer(reply, add_special_tokens=False)["input_ids"][:max_output])
+    output = len(tokenizer(completion)["input_ids"])
+    if output < 4 or len(tokenizer(prompt)["input_ids"]) < 4:
+        return None
+    return {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": completion}],
+            "output_tokens": output}
+
+
+def load_requests(test_set: list[dict], tokenizer, cfg: EvaluateConfig) -> list[dict]:
+    """The load a user sends: held-out first questions with their real replies' lengths (cut to load_output_len),
+    cycled to load_prompts requests."""
+    rows = []
+    for conv in test_set:
+        user = next(m for m in conv["messages"] if m["role"] == "user")
+        reply = next(m for m in conv["messages"] if m["role"] == "assistant")
+        rows.append(bench_request(tokenizer, user["content"], reply["content"], cfg.load_output_len))
+    rows = [r for r in rows if r] or [{"conversations": [{"from": "human", "value": "Say something about the sea."},
+                                                         {"from": "gpt", "value": "The sea is wide and deep."}]}]
+    return [rows[i % len(rows)] for i in range(cfg.load_prompts)]
+
+
+def bench_serve(server: VLLMServer, requests: list[dict], concurrency: int, tokenizer_dir: Path, out: Path) -> dict:
+    """vLLM's own benchmark client (`vllm bench serve`) at `concurrency`, each request generating exactly its
+    reply's token count, plus what the server's Prometheus /metrics saw meanwhile."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(server.python), "-m", "tasks.serve.serve_bench", str(out.resolve()), *args],
-                          capture_output=True, text=True, env=env)
+    before = prometheus.scrape(server.base_url, time.time())
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = Path(tmp) / "requests.json"
+        dataset.write_text(json.dumps(requests))
+        args = ["--backend", "openai-chat", "--base-url", server.base_url, "--endpoint", "/v1/chat/completions",
+                "--model", server.served_name, "--tokenizer", str(tokenizer_dir.resolve()), "--dataset-name",
+                "sharegpt", "--dataset-path", str(dataset), "--disable-shuffle", "--ignore-eos", "--num-prompts",
+                str(len(requests)), "--max-concurrency", str(concurrency), "--seed", "0",
+                "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99"]
+        done = subprocess.run([str(server.python), "-m", "tasks.serve.serve_bench", str(out.resolve()), *args],
+                              capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"load test failed:\n{done.stderr[-3000:]}")
-    return json.loads(out.read_text())
+        raise RuntimeError(f"vllm bench serve failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text()) | {"prometheus": prometheus.window(before, prometheus.scrape(
+        server.base_url, time.time()))}
 
 
 @contextmanager
@@ -124,7 +157,8 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
     to `times`.
     The candidate and the champion both go through here, one after the other (two vLLM servers at once do not fit
     a 2-core CPU)."""
-    batches = reply_batches(load_tokenizer(model_dir), test_set)
+    tokenizer = load_tokenizer(model_dir)
+    batches = reply_batches(tokenizer, test_set)
     # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
     longest = max(len(ids) for ids, _ in batches)
     serve_cfg = deploy_cfg.model_copy(update={"max_model_len": max(deploy_cfg.max_model_len, longest + 1)})
@@ -140,7 +174,8 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
             bench = benchmark.run_served(server.base_url, SERVED_NAME, model_dir, cfg.benchmark, task_dir,
                                          cfg.concurrency)
         with timed(times, f"{who}: load test"):
-            latency = load_test(server, cfg, model_dir, load_out)
+            latency = bench_serve(server, load_requests(test_set, tokenizer, cfg), cfg.concurrency, model_dir,
+                                  load_out)
         with timed(times, f"{who}: canary probes"):
             probes = canary_exposure(server, canaries, cfg.concurrency)
     scores = {"ppl": {"served": round(ppl, 4)}, "rag": rag, "benchmark": bench,
@@ -149,7 +184,8 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
               "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
                           "tpot_median_ms": round(latency["median_tpot_ms"], 1),
                           "output_tok_s": round(latency["output_throughput"], 1),
-                          "requests_failed": latency["failed"], "concurrency": cfg.concurrency}}
+                          "requests_failed": latency["failed"], "concurrency": cfg.concurrency,
+                          "vllm_metrics": latency["prometheus"]}}
     if probes:
         scores["canaries"] = {"probed": len(probes), "exposed": sum(p["exposed"] for p in probes)}
     return scores, {"answers": answers, "rag": rag_rows, "canary_probes": probes}

@@ -35,8 +35,8 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
               f"ROUGE-L of served answers: {metrics['rouge_l']}.", "",
               f"Serving (vLLM, concurrency {serving['concurrency']}): TTFT median {serving['ttft_median_ms']} ms, "
               f"TPOT median {serving['tpot_median_ms']} ms, {serving['output_tok_s']} output tok/s, "
-              f"{serving['requests_failed']} failed requests. Smoke answer: \"{deployment.get('smoke_answer', '')}\"",
-              ""]
+              f"{serving['requests_failed']} failed requests{_prometheus(serving.get('vllm_metrics', {}))}. "
+              f"Smoke answer: \"{deployment.get('smoke_answer', '')}\"", ""]
     if metrics.get("rag"):
         lines += ["## RAG on the served model", ""] + _rag(metrics["rag"]) + [""]
     if metrics.get("judge"):
@@ -117,3 +117,11 @@ def _rag(rag: dict) -> list[str]:
                if "judged_questions" in rag else []), "", "| metric | mean | NaN rate |", "|---|---:|---:|"]
     return lines + [f"| {label} | {rag[key]} | {rag[f'{key}_nan_rate']} |" for key, label in names.items()
                     if key in rag]
+
+
+def _prometheus(seen: dict) -> str:
+    """What vLLM's own /metrics saw during the load test, where it was scraped."""
+    if "e2e_s_p50" not in seen:
+        return ""
+    return (f"; vLLM's /metrics over the load: end-to-end p50/p99 {seen['e2e_s_p50']}/{seen['e2e_s_p99']} s, "
+            f"queue p50 {seen.get('queue_s_p50', 'n/a')} s")

@@ -14,7 +14,5 @@ if __name__ == "__main__":
     parser = FlexibleArgumentParser()
     serve.add_cli_args(parser)
     result = serve.main(parser.parse_args(sys.argv[2:]))
-    keep = ("completed", "failed", "duration", "median_ttft_ms", "mean_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
-            "mean_tpot_ms", "p99_tpot_ms", "output_throughput", "request_throughput", "total_token_throughput")
-    with open(out, "w") as f:
-        json.dump({k: result[k] for k in keep if k in result}, f, indent=2)
+    with open(out, "w") as f:   # the figures, not the per-request lists
+        json.dump({k: v for k, v in result.items() if isinstance(v, (int, float))}, f, indent=2)

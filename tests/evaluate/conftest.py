@@ -6,7 +6,7 @@ from tasks.config import DeployConfig
 from tests.conftest import ROOT
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")   # one start for every evaluate test module
 def base_server(base_model_dir):
     cfg = DeployConfig(python=str(ROOT / ".venv-serve" / "bin" / "python"), max_model_len=4096)
     with VLLMServer(cfg, base_model_dir) as server:
