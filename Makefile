@@ -13,11 +13,12 @@ repro: setup      ## the same stages through DVC
 test: setup       ## the test suite
 	python -m pytest -q tests
 
-bench: setup      ## cleaning benchmarks against their baselines: near-dedup vs datasketch, PII vs presidio (~1 min)
+bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min)
 	python -m benchmarks.dedup
 	python -m benchmarks.pii
+	python -m benchmarks.serving
 
-serve: setup      ## serve the registry's @champion on 127.0.0.1 until Ctrl-C (ARGS="--version 3" or "--alias challenger")
+serve: setup      ## the registry's @champion at 127.0.0.1:8000, following promote/rollback, until Ctrl-C (ARGS="--version 3", "--alias challenger", "--port 9000")
 	python -m tasks.serve.serve_registry $(ARGS)
 
 mlflow-ui:        ## browse runs, metrics, artifacts and the registry at http://127.0.0.1:5000
