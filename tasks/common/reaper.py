@@ -28,6 +28,7 @@ def main() -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.killpg(0, signal.SIGKILL)             # the engine and workers too, then this process
         time.sleep(0.5)
+    os.killpg(0, signal.SIGTERM)                     # COMMAND died alone (killed): its engine and workers follow
     return child.returncode
 
 

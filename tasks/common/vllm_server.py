@@ -133,6 +133,11 @@ class VLLMServer:
         except urllib.error.HTTPError as err:
             raise ServerError(f"vLLM answered {err.code} {err.reason}: {err.read()[:1000].decode(errors='replace')}\n"
                               f"server log:\n{self.log_tail()}") from err
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+            if self.proc is not None and self.proc.poll() is not None:   # the cause is the server, not the request
+                raise ServerError(f"vLLM exited with code {self.proc.returncode} while serving {path}:\n"
+                                  f"{self.log_tail()}") from err
+            raise
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
         return self.post("/v1/chat/completions", {"model": self.served_name, "messages": messages,

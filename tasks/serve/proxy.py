@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -182,13 +181,21 @@ class Proxy:
                           "upstream_error")
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         out_headers["x-model-version"] = str(backend.version)
-        return StreamingResponse(self._relay(upstream, backend), status_code=upstream.status_code,
-                                 headers=out_headers)
+        return Relayed(upstream, lambda: self._release(backend), status_code=upstream.status_code,
+                       headers=out_headers)
 
-    async def _relay(self, upstream: httpx.Response, backend: Backend) -> AsyncIterator[bytes]:
-        try:                                  # an upstream failure mid-answer propagates: the client sees it cut
-            async for chunk in upstream.aiter_raw():
-                yield chunk
+
+class Relayed(StreamingResponse):
+    """An upstream answer streamed through unbuffered. However it ends (done, the client gone before or during the
+    stream, the upstream cut), the upstream is closed and `done` runs once: a drain never waits on a lost request."""
+
+    def __init__(self, upstream: httpx.Response, done, **kwargs):
+        super().__init__(upstream.aiter_raw(), **kwargs)
+        self._upstream, self._done = upstream, done
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
         finally:
-            await upstream.aclose()
-            self._release(backend)
+            await self._upstream.aclose()
+            self._done()

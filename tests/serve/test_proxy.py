@@ -146,3 +146,16 @@ def test_a_window_between_two_scrapes_gives_prometheus_quantiles_rates_and_cost(
     assert w["output_tokens_per_s"] == 200 and w["kv_cache_usage"] == 0.25
     assert w["cost_per_1m_output_tokens"] == pytest.approx(3.6 / 3600 / 200 * 1e6)
     assert "itl_s_p50" not in w                                      # nothing measured: no figure, not a zero
+
+
+def test_a_client_that_gives_up_frees_its_slot_so_a_drain_does_not_wait_for_it(proxy):
+    slow, _ = fake_backend("v1", delay_s=1.5)
+    v1 = Backend(f"http://127.0.0.1:{slow.server_port}", 1)
+    proxy.switch(v1)
+    req = urllib.request.Request(f"{proxy.url}/v1/completions", json.dumps({"slow": True}).encode(),
+                                 {"Content-Type": "application/json"})
+    with pytest.raises(OSError):                                   # the client times out and hangs up
+        urllib.request.urlopen(req, timeout=0.3)
+    assert v1.in_flight == 1
+    assert proxy.drain(v1, timeout_s=10) and v1.in_flight == 0
+    slow.shutdown()

@@ -110,3 +110,23 @@ def test_a_start_timeout_names_itself_and_leaves_no_process(base_model_dir):
     assert server.proc.poll() is not None             # stopped: the reaper and vLLM's group with it
     with pytest.raises(ProcessLookupError):
         os.killpg(server.proc.pid, 0)
+
+
+def test_a_server_that_dies_while_serving_is_named_as_the_cause_and_leaves_nothing(base_model_dir):
+    """What evaluate sees when vLLM is killed under it (OOM, a user's kill): an error naming the server, not a
+    bare connection refusal; the engine and workers go down with the API server."""
+    import signal
+    import subprocess
+    import time
+
+    with VLLMServer(DeployConfig(python=SERVE_PY), base_model_dir) as server:
+        assert server.chat(SMOKE_PROMPT)["choices"][0]["message"]["content"]
+        api = int(subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout)
+        os.kill(api, signal.SIGKILL)
+        server.proc.wait(30)
+        with pytest.raises(ServerError, match="vLLM exited with code .* while serving /v1/chat/completions"):
+            server.chat(SMOKE_PROMPT)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-g", str(server.proc.pid)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "vLLM's engine outlived its API server"
+        time.sleep(1)
