@@ -116,8 +116,10 @@ def load_requests(test_set: list[dict], tokenizer, cfg: EvaluateConfig) -> list[
         user = next(m for m in conv["messages"] if m["role"] == "user")
         reply = next(m for m in conv["messages"] if m["role"] == "assistant")
         rows.append(bench_request(tokenizer, user["content"], reply["content"], cfg.load_output_len))
-    rows = [r for r in rows if r] or [{"conversations": [{"from": "human", "value": "Say something about the sea."},
-                                                         {"from": "gpt", "value": "The sea is wide and deep."}]}]
+    rows = [r for r in rows if r]
+    if not rows:
+        raise ValueError("no held-out question and reply has the 4 tokens vLLM's benchmark client needs: "
+                         "raise datasets.sft_test_size")
     return [rows[i % len(rows)] for i in range(cfg.load_prompts)]
 
 

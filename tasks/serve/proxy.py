@@ -53,18 +53,14 @@ def check_caps(path: str, raw: bytes, cfg: ServeConfig) -> tuple[str, dict | Non
         return f"request body is not JSON: {err}", None
     if not isinstance(body, dict):
         return "request body must be a JSON object", None
-    for key, cap in (("n", cfg.max_n), ("best_of", cfg.max_n), ("max_tokens", cfg.max_tokens),
-                     ("max_completion_tokens", cfg.max_tokens)):
-        value = body.get(key)
+    for key, setting in (("n", "max_n"), ("best_of", "max_n"), ("max_tokens", "max_tokens"),
+                         ("max_completion_tokens", "max_tokens")):
+        value, cap = body.get(key), getattr(cfg, setting)
         if isinstance(value, int) and not isinstance(value, bool) and value > cap:
-            return f"{key}={value} exceeds this server's cap of {cap} (serve.max_{_cap_name(key)} in params.yaml)", None
+            return f"{key}={value} exceeds this server's cap of {cap} (serve.{setting} in params.yaml)", None
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = cfg.max_tokens
     return "", body
-
-
-def _cap_name(key: str) -> str:
-    return "n" if key in ("n", "best_of") else "tokens"
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:

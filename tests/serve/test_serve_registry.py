@@ -106,7 +106,8 @@ class Load:
                 self.results.append((0, repr(err), ""))
             time.sleep(0.2)
 
-    def wait_for_version(self, version: str, serving: subprocess.Popen, timeout_s: float = 400) -> None:
+    def wait_for_version(self, version: str, serving: subprocess.Popen, timeout_s: float = 750) -> None:
+        # 750 s: room for one retried start (serve_registry.START_ATTEMPTS)
         deadline = time.monotonic() + timeout_s
         while not any(r[2] == version for r in self.results[-2:]):
             if time.monotonic() > deadline or serving.poll() is not None:
