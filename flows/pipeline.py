@@ -43,24 +43,26 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False) -> 
     cfg = load_config(params_file)   # read once: editing params.yaml mid-run does not change this run
     apply_runtime_env(cfg)
     from tasks import tracking
+    from tasks.common.vllm_server import kept_servers
     from tasks.stages import STAGES
 
     log = get_run_logger()
     repo, parent, results = _dvc_repo(), tracking.start_pipeline(cfg, launcher="prefect"), {}
     try:
-        for stage in STAGES:
-            if not force and up_to_date(repo, stage.name):
-                log.info("%s: up to date (dvc.lock), skipped", stage.name)
-                continue
-            task_run = run_stage_task.with_options(name=stage.name, retries=stage.retries, retry_delay_seconds=5)
-            results[stage.name] = task_run(stage.name, cfg, parent)
-            if repo is not None:
-                repo.commit(stage.name, force=True)
-            if stage.report and stage.report.exists():
-                text = stage.report.read_text()
-                create_markdown_artifact(text, key=f"{stage.name.replace('_', '-')}-report",
-                                         description=f"{stage.name} report ({stage.report})")
-                log.info("%s report (%s):\n%s", stage.name, stage.report, text)
+        with kept_servers():   # one vLLM start per model per flow run: evaluate scores on the server deploy started
+            for stage in STAGES:
+                if not force and up_to_date(repo, stage.name):
+                    log.info("%s: up to date (dvc.lock), skipped", stage.name)
+                    continue
+                task_run = run_stage_task.with_options(name=stage.name, retries=stage.retries, retry_delay_seconds=5)
+                results[stage.name] = task_run(stage.name, cfg, parent)
+                if repo is not None:
+                    repo.commit(stage.name, force=True)
+                if stage.report and stage.report.exists():
+                    text = stage.report.read_text()
+                    create_markdown_artifact(text, key=f"{stage.name.replace('_', '-')}-report",
+                                             description=f"{stage.name} report ({stage.report})")
+                    log.info("%s report (%s):\n%s", stage.name, stage.report, text)
     except BaseException:
         tracking.end_pipeline(parent, "FAILED")
         raise

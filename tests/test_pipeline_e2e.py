@@ -106,6 +106,15 @@ def test_no_planted_canary_survives_anywhere_and_the_served_model_says_none(proj
     assert gates["canaries the served model completed"]["passed"]
 
 
+def test_evaluate_scored_the_candidate_on_the_server_deploy_started(project):
+    proj, _, log = project
+    assert json.loads((proj / "data/deploy/deployment.json").read_text())["startup_s"] > 0
+    times = json.loads((proj / "data/eval/metrics.json").read_text())["time_s"]
+    assert times["candidate: server start"] == 0.0 and times["judge: server start"] > 0   # one start per model
+    assert log.count("reusing the vLLM server") == 1
+    assert not list((proj / ".serve-logs").glob("*.pid"))                                 # all stopped at the end
+
+
 def test_failed_run_resumes_after_the_stages_that_finished(project):
     proj, _, log = project
     client = MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db")

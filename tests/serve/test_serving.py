@@ -99,8 +99,10 @@ def test_a_port_in_use_is_refused_before_vllm_starts(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        server = VLLMServer(DeployConfig(python=SERVE_PY, port=port), tmp_path)
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is in use"):
-            VLLMServer(DeployConfig(python=SERVE_PY, port=port), tmp_path)
+            server.start()
+        assert server.proc is None
 
 
 def test_a_start_timeout_names_itself_and_leaves_no_process(base_model_dir):
