@@ -155,10 +155,17 @@ class DpoConfig(TrainConfig):
     simpo_gamma: float = 0.5                 # simpo only: target reward margin
 
 
+Scheme = Literal["W8A8", "W4A16", "W4A16-GPTQ", "none"]
+
+
 class QuantizeConfig(_Section):
-    scheme: Literal["W8A8", "W4A16", "none"] = "W8A8"
+    scheme: Scheme = "W8A8"
     group_size: int = 64
     ignore: list[str] = ["lm_head"]
+    calibration_samples: int = Field(64, ge=1)   # GPTQ's, from the SFT training set
+    compare: list[Scheme] = ["W4A16", "W4A16-GPTQ"]
+    gguf: Literal["", "F32", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"] = "Q8_0"
+    gguf_pre: str = "smollm"
 
 
 class DeployConfig(_Section):
@@ -312,6 +319,7 @@ class Paths:
     dpo_adapter = data / "models" / "dpo_adapter"
     merged = data / "models" / "merged"
     quantized = data / "models" / "quantized"
+    gguf = data / "models" / "gguf"
     deploy_report = data / "deploy" / "deployment.json"
     eval_dir = data / "eval"
     metrics = eval_dir / "metrics.json"

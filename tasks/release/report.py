@@ -28,7 +28,7 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
     lines += [f"| {k} | {v} |" for k, v in ppl.items()]
     lines += ["", "base/SFT/DPO in transformers (fp32 on a CPU); served = the quantized checkpoint scored by vLLM. "
               f"Quantization, one fp32 forward before and after: {quant['merged_ppl']} -> {quant['quantized_ppl']} "
-              f"(x{quant['ppl_ratio']}), {quant['merged_mb']} -> {quant['quantized_mb']} MB."]
+              f"(x{quant['ppl_ratio']}), {quant['merged_mb']} -> {quant['quantized_mb']} MB."] + variants_table(quant)
     likelihood = metrics.get("pref_likelihood_accuracy", {})
     lines += ["", f"Preference accuracy (held-out pairs, DPO implicit reward): {metrics['pref_accuracy']}; chosen "
               f"preferred by likelihood: SFT {likelihood.get('sft')} (the baseline) -> DPO {likelihood.get('dpo')}. "
@@ -125,3 +125,15 @@ def _prometheus(seen: dict) -> str:
         return ""
     return (f"; vLLM's /metrics over the load: end-to-end p50/p99 {seen['e2e_s_p50']}/{seen['e2e_s_p99']} s, "
             f"queue p50 {seen.get('queue_s_p50', 'n/a')} s")
+
+
+def variants_table(quant: dict) -> list[str]:
+    """Each quantization measured (quantize.compare, quantize.gguf) beside the served one, against the merged model."""
+    variants = quant.get("variants", {})
+    if len(variants) < 2:
+        return []
+    rows = [f"| {name}{' (served)' if name == quant.get('scheme') else ''} | {v['mb']} | {v['size_ratio']} | "
+            f"{v['ppl']} | x{v['ppl_ratio']} |" for name, v in sorted(variants.items(), key=lambda kv: kv[1]["mb"])]
+    return ["", "| quantization | MB | of merged | held-out ppl | vs merged |", "|---|---:|---:|---:|---:|",
+            f"| merged (bf16) | {quant['merged_mb']} | 1.0 | {quant['merged_ppl']} | x1.0 |", *rows]
+

@@ -16,13 +16,16 @@ Two rules, both from measuring the same checkpoint on three x86 CPUs (issue 8):
 """
 from __future__ import annotations
 
+import copy
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from tasks.common.jsonl import read_jsonl
 from tasks.config import Paths, QuantizeConfig
+from tasks.serve.gguf_export import export_gguf, load_gguf
 from tasks.train.modeling import is_adapter, load_model, load_tokenizer, perplexity
 
 
@@ -30,24 +33,32 @@ def folder_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
 
 
-def recipe(cfg: QuantizeConfig):
-    from llmcompressor.modifiers.quantization import QuantizationModifier
+def recipe(scheme: str, cfg: QuantizeConfig):
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
-    if cfg.scheme == "W8A8":
+    if scheme == "W8A8":
         return QuantizationModifier(targets="Linear", scheme="W8A8", ignore=cfg.ignore)
     weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": cfg.group_size}
-    return QuantizationModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
-                                ignore=cfg.ignore)
+    modifier = GPTQModifier if scheme.endswith("-GPTQ") else QuantizationModifier   # GPTQ: error-correcting rounding
+    return modifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}, ignore=cfg.ignore)
 
 
-def quantize_in_fp32(model, cfg: QuantizeConfig, tokenizer, conversations: list[list[dict]]) -> tuple[float, float]:
-    """Quantize `model` (fp32) in place; its held-out perplexity before and after, through the same fp32 forward."""
+def calibration_set(tokenizer, train_file: Path, size: int):
+    """GPTQ's calibration: the first `size` SFT training conversations, chat-templated as the model is served."""
+    from datasets import Dataset
+
+    ids = [tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]
+           for r, _ in zip(read_jsonl(train_file), range(size))]
+    return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
+
+
+def quantize_in_fp32(model, scheme: str, cfg: QuantizeConfig, calibration) -> None:
+    """Quantize `model` (fp32) in place: llmcompressor attaches quantize-dequantize to its weights (and activations)."""
     from llmcompressor import oneshot
 
-    before = perplexity(model, tokenizer, conversations, "ppl merged (fp32)")
-    oneshot(model=model, recipe=recipe(cfg))
-    after = perplexity(model, tokenizer, conversations, "ppl quantized (fp32, quantize-dequantize)")
-    return before, after
+    calibrated = {"dataset": calibration, "num_calibration_samples": len(calibration),
+                  "max_seq_length": max(len(i) for i in calibration["input_ids"])} if scheme.endswith("-GPTQ") else {}
+    oneshot(model=model, recipe=recipe(scheme, cfg), **calibrated)
 
 
 def save_compressed(model, tokenizer, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -60,27 +71,55 @@ def save_compressed(model, tokenizer, out: Path, dtype: torch.dtype = torch.bflo
     tokenizer.save_pretrained(out)
 
 
+def measured(model, scheme: str, cfg: QuantizeConfig, tokenizer, conversations, calibration, out: Path) -> dict:
+    """`scheme` applied to `model` (fp32, in place) and saved to `out`: its size and held-out ppl."""
+    quantize_in_fp32(model, scheme, cfg, calibration)
+    ppl = perplexity(model, tokenizer, conversations, f"ppl {scheme} (fp32, quantize-dequantize)")
+    save_compressed(model, tokenizer, out)
+    return {"mb": folder_mb(out), "ppl": round(ppl, 4)}
+
+
 def merge_and_quantize(cfg: QuantizeConfig, base_model: Path = Paths.base_model, adapter: Path = Paths.dpo_adapter,
-                       test_file: Path = Paths.sft_test, merged_dir: Path = Paths.merged,
-                       quantized_dir: Path = Paths.quantized) -> dict:
+                       test_file: Path = Paths.sft_test, train_file: Path = Paths.sft_train,
+                       merged_dir: Path = Paths.merged, quantized_dir: Path = Paths.quantized,
+                       gguf_dir: Path = Paths.gguf) -> dict:
+    """The merged model, the served quantization of it, and each variant in quantize.compare and quantize.gguf
+    measured the same way (size, held-out ppl through one fp32 forward) for the report."""
+    from transformers import AutoModelForCausalLM
+
     tokenizer = load_tokenizer(base_model)
     model = load_model(base_model, adapter=adapter)        # a full fine-tune's folder loads as the whole model
     merged = (model.merge_and_unload() if is_adapter(adapter) else model).to(torch.bfloat16)   # the serving dtype
-    shutil.rmtree(merged_dir, ignore_errors=True)
+    for folder in (merged_dir, quantized_dir, gguf_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    gguf_dir.mkdir(parents=True)                           # a DVC output, empty when quantize.gguf is ""
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
     conversations = [r["messages"] for r in read_jsonl(test_file)]
-    shutil.rmtree(quantized_dir, ignore_errors=True)
-    merged = merged.float()                                # exactly the saved bf16 weights, now in fp32 arithmetic
+    # the saved bf16 weights in fp32 arithmetic, reloaded: casting the model in memory would also round its rotary
+    # inv_freq buffer to bf16 (not saved, so not what any engine serves; measured +0.09% ppl on the test's replies)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    merged_ppl = perplexity(merged, tokenizer, conversations, "ppl merged (fp32)")
+    schemes = [s for s in dict.fromkeys(cfg.compare) if s != cfg.scheme]
+    calibration = (calibration_set(tokenizer, train_file, cfg.calibration_samples)
+                   if any(s.endswith("-GPTQ") for s in [cfg.scheme, *schemes]) else None)
+    variants = {}
+    for scheme in schemes:                                 # before the served one, which quantizes `merged` itself
+        with tempfile.TemporaryDirectory() as tmp:
+            variants[scheme] = measured(copy.deepcopy(merged), scheme, cfg, tokenizer, conversations, calibration,
+                                        Path(tmp) / scheme)
+    if cfg.gguf:
+        path = export_gguf(merged_dir, gguf_dir / f"model-{cfg.gguf}.gguf", cfg.gguf, cfg.gguf_pre)
+        variants[f"GGUF {cfg.gguf}"] = {"mb": round(path.stat().st_size / 2**20, 1), "ppl": round(
+            perplexity(load_gguf(path), tokenizer, conversations, f"ppl GGUF {cfg.gguf} (fp32, dequantized)"), 4)}
     if cfg.scheme == "none":
-        ppl = perplexity(merged, tokenizer, conversations, "ppl merged (fp32)")
         shutil.copytree(merged_dir, quantized_dir)
-        merged_ppl = quantized_ppl = ppl
+        variants["none"] = {"mb": folder_mb(quantized_dir), "ppl": round(merged_ppl, 4)}
     else:
-        merged_ppl, quantized_ppl = quantize_in_fp32(merged, cfg, tokenizer, conversations)
-        save_compressed(merged, tokenizer, quantized_dir)
-    metrics = {"merged_mb": folder_mb(merged_dir), "quantized_mb": folder_mb(quantized_dir),
-               "merged_ppl": round(merged_ppl, 4), "quantized_ppl": round(quantized_ppl, 4)}
-    metrics["ppl_ratio"] = round(quantized_ppl / merged_ppl, 4)
-    metrics["size_ratio"] = round(metrics["quantized_mb"] / metrics["merged_mb"], 4)
-    return metrics
+        variants[cfg.scheme] = measured(merged, cfg.scheme, cfg, tokenizer, conversations, calibration, quantized_dir)
+    merged_mb, served = folder_mb(merged_dir), variants[cfg.scheme]
+    for v in variants.values():
+        v |= {"ppl_ratio": round(v["ppl"] / merged_ppl, 4), "size_ratio": round(v["mb"] / merged_mb, 4)}
+    return {"merged_mb": merged_mb, "quantized_mb": served["mb"], "merged_ppl": round(merged_ppl, 4),
+            "quantized_ppl": served["ppl"], "ppl_ratio": served["ppl_ratio"], "size_ratio": served["size_ratio"],
+            "scheme": cfg.scheme, "variants": variants}

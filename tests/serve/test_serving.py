@@ -11,9 +11,11 @@ import socket
 import pytest
 import torch
 
+from tasks.common.jsonl import read_jsonl
 from tasks.common.vllm_server import ServerError, VLLMServer
 from tasks.config import DeployConfig, GatesConfig, QuantizeConfig
 from tasks.serve.deploy import SMOKE_PROMPT
+from tasks.serve.quantize import merge_and_quantize
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -22,10 +24,8 @@ GATES = GatesConfig()
 
 
 def quantize(scheme, base_model_dir, adapter, sft, out):
-    from tasks.serve.quantize import merge_and_quantize
-
-    return merge_and_quantize(QuantizeConfig(scheme=scheme), base_model_dir, adapter, sft, out / "merged",
-                              out / "quantized")
+    return merge_and_quantize(QuantizeConfig(scheme=scheme, compare=[], gguf=""), base_model_dir, adapter, sft, sft,
+                              out / "merged", out / "quantized", out / "gguf")
 
 
 def served_ppl(model_dir, conversations) -> tuple[float, str]:
@@ -50,8 +50,6 @@ def corrupt_scales(model_dir, factor: float = 4.0) -> None:
 
 def test_w8a8_is_small_and_close_and_vllm_serves_what_was_measured(base_model_dir, untrained_adapter, tiny_sets,
                                                                   tmp_path):
-    from tasks.common.jsonl import read_jsonl
-
     q = quantize("W8A8", base_model_dir, untrained_adapter, tiny_sets["sft"], tmp_path)
     assert q["quantized_mb"] < 0.7 * q["merged_mb"]
     assert q["ppl_ratio"] <= GATES.max_quant_ppl_ratio            # measured 0.995 on an AVX2 EPYC
@@ -73,6 +71,37 @@ def test_lossy_quantization_fails_the_like_for_like_ratio(base_model_dir, untrai
     assert q["ppl_ratio"] > GATES.max_quant_ppl_ratio             # measured 1.44: 4-bit weights at 135M lose
     assert q["quantized_mb"] < 0.5 * q["merged_mb"]
     assert torch.float32 not in {t.dtype for t in _tensors(tmp_path / "quantized")}   # stored in the serving dtype
+
+
+def test_each_variant_is_measured_and_the_gguf_file_is_the_merged_model(base_model_dir, untrained_adapter, tiny_sets,
+                                                                        tmp_path):
+    from gguf import GGUFReader
+
+    from tasks.release.report import variants_table
+    from tasks.serve.gguf_export import export_gguf, load_gguf
+    from tasks.train.modeling import load_tokenizer, perplexity
+
+    cfg = QuantizeConfig(scheme="W8A8", compare=["W4A16-GPTQ"], gguf="Q8_0", calibration_samples=4)
+    q = merge_and_quantize(cfg, base_model_dir, untrained_adapter, tiny_sets["sft"], tiny_sets["sft"],
+                           tmp_path / "merged", tmp_path / "quantized", tmp_path / "gguf")
+    assert set(q["variants"]) == {"W8A8", "W4A16-GPTQ", "GGUF Q8_0"}
+    assert q["variants"]["W8A8"]["ppl"] == q["quantized_ppl"]
+    assert q["variants"]["W4A16-GPTQ"]["size_ratio"] < 0.5 < q["variants"]["GGUF Q8_0"]["size_ratio"] < 0.6
+    assert q["variants"]["GGUF Q8_0"]["ppl_ratio"] <= GATES.max_quant_ppl_ratio     # 8-bit blocks of 32: close
+    table = "\n".join(variants_table(q))
+    assert "| W8A8 (served) |" in table and "| W4A16-GPTQ |" in table and "| GGUF Q8_0 |" in table
+
+    fields = GGUFReader(tmp_path / "gguf" / "model-Q8_0.gguf").fields      # what llama.cpp reads
+    tokenizer = load_tokenizer(tmp_path / "merged")
+    assert fields["general.architecture"].contents() == "llama"
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.eos_token_id
+    assert fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
+    assert len(fields["tokenizer.ggml.merges"].data) > 40_000
+
+    # unquantized, the file is exactly the merged model: every tensor named, q/k rows in llama.cpp's order
+    f32 = export_gguf(tmp_path / "merged", tmp_path / "f32" / "model.gguf", "F32", cfg.gguf_pre)
+    conversations = [r["messages"] for r in read_jsonl(tiny_sets["sft"])]
+    assert perplexity(load_gguf(f32), tokenizer, conversations) == pytest.approx(q["merged_ppl"], rel=1e-4)
 
 
 def _tensors(model_dir):
