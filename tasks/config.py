@@ -162,7 +162,8 @@ class QuantizeConfig(_Section):
     scheme: Scheme = "W8A8"
     group_size: int = 64
     ignore: list[str] = ["lm_head"]
-    calibration_samples: int = Field(64, ge=1)   # GPTQ's, from the SFT training set
+    smoothing: float = Field(0.8, ge=0, lt=1)     # SmoothQuant's strength before W8A8; 0 = off
+    calibration_samples: int = Field(32, ge=1)   # GPTQ's and SmoothQuant's, from the SFT training set
     compare: list[Scheme] = ["W4A16", "W4A16-GPTQ"]
     gguf: Literal["", "F32", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"] = "Q8_0"
     gguf_pre: str = "smollm"

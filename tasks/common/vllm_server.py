@@ -163,12 +163,15 @@ class VLLMServer:
         with ThreadPoolExecutor(concurrency) as pool:
             return list(tqdm(pool.map(reply, conversations), total=len(conversations), desc="vllm chat", unit="req"))
 
-    def serves(self, other: "VLLMServer") -> bool:
-        """Whether this running server answers as `other` would: same model, name and settings, context as long."""
+    def same_model(self, other: "VLLMServer") -> bool:
+        """Whether this running server has `other`'s model, name and settings, context length aside."""
         return (self.proc is not None and self.proc.poll() is None and self.model_dir.resolve() ==
                 other.model_dir.resolve() and self.served_name == other.served_name and self.python == other.python
-                and self.cfg.max_model_len >= other.cfg.max_model_len
                 and self.cfg.model_copy(update={"max_model_len": 0}) == other.cfg.model_copy(update={"max_model_len": 0}))
+
+    def serves(self, other: "VLLMServer") -> bool:
+        """Whether this running server answers every request `other` would."""
+        return self.same_model(other) and self.cfg.max_model_len >= other.cfg.max_model_len
 
     def __enter__(self) -> "VLLMServer":
         if _kept is None:
@@ -178,6 +181,9 @@ class VLLMServer:
             print(f"reusing the vLLM server at {self.lent.base_url} (started by an earlier stage)", flush=True)
             self.lent.startup_s = 0.0
         else:
+            for shorter in [s for s in _kept if s.same_model(self)]:
+                print(f"not reusing the vLLM server at {shorter.base_url}: it serves {shorter.cfg.max_model_len} "
+                      f"tokens of context, this needs {self.cfg.max_model_len} (raise deploy.max_model_len)", flush=True)
             for idle in [s for s in _kept if s.users == 0]:   # one server at a time where none is in use
                 idle.stop()
                 _kept.remove(idle)

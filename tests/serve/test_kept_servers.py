@@ -43,7 +43,7 @@ def alive(server: VLLMServer) -> bool:
     return server.proc is not None and server.proc.poll() is None
 
 
-def test_a_later_stage_reuses_the_server_and_another_model_replaces_it(cfg, tmp_path):
+def test_a_later_stage_reuses_the_server_and_another_model_replaces_it(cfg, tmp_path, capsys):
     with kept_servers():
         with VLLMServer(cfg, tmp_path / "a") as deployed:       # deploy
             assert deployed.startup_s > 0
@@ -53,6 +53,7 @@ def test_a_later_stage_reuses_the_server_and_another_model_replaces_it(cfg, tmp_
             assert same is deployed and same.startup_s == 0.0   # evaluate: the same server, no start
             assert needs_more is not deployed                   # a longer context: its own server, beside the one
             assert alive(deployed) and alive(needs_more)        # in use, which is not stopped
+        assert f"needs {longer.max_model_len} (raise deploy.max_model_len)" in capsys.readouterr().out
         with VLLMServer(cfg, tmp_path / "b") as other:          # another model (the champion): the idle ones stop
             assert not alive(deployed) and not alive(needs_more) and alive(other)
     assert not alive(other) and vllm_server._kept is None       # the block's end stops every server
