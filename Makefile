@@ -13,10 +13,11 @@ repro: setup      ## the same stages through DVC
 test: setup       ## the test suite
 	python -m pytest -q tests
 
-bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min)
+bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min), int8 weights/activations/SmoothQuant vs the merged model (~4 min, after make pipeline)
 	python -m benchmarks.dedup
 	python -m benchmarks.pii
 	python -m benchmarks.serving
+	python -m benchmarks.quantization
 
 serve: setup      ## the registry's @champion at 127.0.0.1:8000, following promote/rollback, until Ctrl-C (ARGS="--version 3", "--alias challenger", "--port 9000")
 	python -m tasks.serve.serve_registry $(ARGS)

@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.8, 0.9])
     parser.add_argument("--calibration", type=int, default=32)
     args = parser.parse_args()
+    if not (Paths.merged / "config.json").exists():
+        raise SystemExit(f"no merged model at {Paths.merged}: run `make pipeline` first")
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM
 
@@ -44,7 +46,7 @@ def main() -> None:
     merged = AutoModelForCausalLM.from_pretrained(Paths.merged, dtype=torch.float32).eval()
     base_ppl = perplexity(merged, tokenizer, held_out, "merged")
     ignore = QuantizeConfig().ignore
-    variants = {"int8 weights per channel, bf16 activations": (int8_weights_only(None, ignore), False),
+    variants = {"int8 weights per channel, fp32 activations": (int8_weights_only(None, ignore), False),
                 "int8 weights per group of 32 (GGUF Q8_0's layout)": (int8_weights_only(32, ignore), False),
                 "W8A8: + dynamic per-token int8 activations": (recipe("W8A8", QuantizeConfig(smoothing=0)), False)}
     for strength in args.strengths:

@@ -1,6 +1,6 @@
 """Stage 8: merge the DPO adapter into the base, then quantize with llmcompressor for the serving engine.
 
-W8A8 int8 after SmoothQuant is the CPU default: on SmolLM2-135M it is 61% of the bytes at +0.8% held-out ppl (plain
+W8A8 int8 after SmoothQuant is the CPU default: on SmolLM2-135M it is 61% of the bytes at +0.9% held-out ppl (plain
 W8A8: +2.8%, nearly all of it from int8 activations; benchmarks/quantization.py), while 4-bit W4A16 loses 30-40% at
 this size, GPTQ or not. SmoothQuant and GPTQ calibrate on the first SFT training conversations. quantize.compare
 measures other schemes and quantize.gguf writes a GGUF file (tasks/serve/gguf_export.py), all for the run report.

@@ -84,7 +84,7 @@ def test_each_variant_is_measured_and_the_gguf_file_is_the_merged_model(base_mod
     from tasks.serve.gguf_export import export_gguf, load_gguf
     from tasks.train.modeling import load_tokenizer, perplexity
 
-    cfg = QuantizeConfig(scheme="W8A8", compare=["W4A16-GPTQ"], gguf="Q8_0", calibration_samples=16)
+    cfg = QuantizeConfig(scheme="W8A8", compare=["W4A16-GPTQ"], gguf="Q8_0", calibration_samples=4)
     q = quantize(cfg, base_model_dir, untrained_adapter, sharegpt_sets, tmp_path)
     assert set(q["variants"]) == {"W8A8", "W4A16-GPTQ", "GGUF Q8_0"}
     assert q["variants"]["W8A8"]["ppl"] == q["quantized_ppl"]
