@@ -17,17 +17,8 @@ import torch
 
 from tasks.common.jsonl import read_jsonl
 from tasks.config import Paths, QuantizeConfig
-from tasks.serve.quantize import calibration_set, recipe
+from tasks.serve.quantize import calibration_set, quantize_in_fp32, recipe, weights_only
 from tasks.train.modeling import load_tokenizer, perplexity
-
-
-def int8_weights_only(group_size: int | None, ignore: list[str]):
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-
-    strategy = {"strategy": "group", "group_size": group_size} if group_size else {"strategy": "channel"}
-    weights = {"num_bits": 8, "type": "int", "symmetric": True, **strategy}
-    return [QuantizationModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
-                                 ignore=ignore)]
 
 
 def main() -> None:
@@ -37,7 +28,6 @@ def main() -> None:
     args = parser.parse_args()
     if not (Paths.merged / "config.json").exists():
         raise SystemExit(f"no merged model at {Paths.merged}: run `make pipeline` first")
-    from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(Paths.merged)
@@ -46,8 +36,8 @@ def main() -> None:
     merged = AutoModelForCausalLM.from_pretrained(Paths.merged, dtype=torch.float32).eval()
     base_ppl = perplexity(merged, tokenizer, held_out, "merged")
     ignore = QuantizeConfig().ignore
-    variants = {"int8 weights per channel, fp32 activations": (int8_weights_only(None, ignore), False),
-                "int8 weights per group of 32 (GGUF Q8_0's layout)": (int8_weights_only(32, ignore), False),
+    variants = {"int8 weights per channel, fp32 activations": (weights_only(8, None, ignore), False),
+                "int8 weights per group of 32 (GGUF Q8_0's layout)": (weights_only(8, 32, ignore), False),
                 "W8A8: + dynamic per-token int8 activations": (recipe("W8A8", QuantizeConfig(smoothing=0)), False)}
     for strength in args.strengths:
         variants[f"W8A8 after SmoothQuant {strength}"] = (recipe("W8A8", QuantizeConfig(smoothing=strength)), True)
@@ -56,9 +46,7 @@ def main() -> None:
     print("| variant | held-out ppl | vs merged | quantize s |\n|---|---:|---:|---:|")
     for name, (modifiers, calibrated) in variants.items():
         model, t0 = copy.deepcopy(merged), time.monotonic()
-        data = {"dataset": calibration, "num_calibration_samples": len(calibration),
-                "max_seq_length": max(map(len, calibration["input_ids"]))} if calibrated else {}
-        oneshot(model=model, recipe=modifiers, **data)
+        quantize_in_fp32(model, modifiers, calibration if calibrated else None)
         seconds = time.monotonic() - t0
         ppl = perplexity(model, tokenizer, held_out, name)
         print(f"| {name} | {ppl:.4f} | {ppl / base_ppl - 1:+.1%} | {seconds:.0f} |", flush=True)

@@ -40,12 +40,13 @@ def vocabulary(tokenizer, writer, pre: str) -> None:
     writer.add_token_types(types)
 
 
-def export_gguf(merged_dir: Path, out: Path, qtype: str, pre: str) -> Path:
-    """Write `merged_dir` (a LLaMA-architecture HF checkpoint) as `out` with its 2-D weights in `qtype`."""
+def export_gguf(model, tokenizer_dir: Path, out: Path, qtype: str, pre: str) -> Path:
+    """Write `model` (a LLaMA-architecture HF model, fp32; its tokenizer saved in `tokenizer_dir`) as `out` with its
+    2-D weights in `qtype`."""
     import gguf
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    config = AutoConfig.from_pretrained(merged_dir)
+    config = model.config
     if config.model_type != "llama":
         raise ValueError(f"GGUF export here covers LLaMA-architecture models; {config.model_type!r} needs llama.cpp's "
                          "convert_hf_to_gguf.py (set quantize.gguf to '' to skip the export)")
@@ -53,7 +54,7 @@ def export_gguf(merged_dir: Path, out: Path, qtype: str, pre: str) -> Path:
     quant = gguf.GGMLQuantizationType[qtype]
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(out, "llama")
-    writer.add_name(merged_dir.name)
+    writer.add_name(tokenizer_dir.name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -66,18 +67,17 @@ def export_gguf(merged_dir: Path, out: Path, qtype: str, pre: str) -> Path:
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{qtype}", gguf.LlamaFileType.ALL_F32))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    vocabulary(AutoTokenizer.from_pretrained(merged_dir), writer, pre)
-    gguf.SpecialVocab(merged_dir, load_merges=True).add_to_gguf(writer, quiet=True)   # merges, special ids, template
+    vocabulary(AutoTokenizer.from_pretrained(tokenizer_dir), writer, pre)
+    gguf.SpecialVocab(tokenizer_dir, load_merges=True).add_to_gguf(writer, quiet=True)   # merges, special ids, template
 
     names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue                                   # llama.cpp reads the tied output from token_embd
         target = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if target is None:
             raise ValueError(f"no GGUF name for {name}: use llama.cpp's convert_hf_to_gguf.py")
-        data = tensor.numpy()
+        data = tensor.float().numpy()
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             data = permute_rows(data, n_head if "q_proj" in name else n_kv)
         if data.ndim == 1 or quant == gguf.GGMLQuantizationType.F32:

@@ -35,6 +35,16 @@ def folder_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
 
 
+def weights_only(num_bits: int, group_size: int | None, ignore: list[str], modifier=None) -> list:
+    """Integer weights (per group of `group_size` columns, or per channel), activations left in float."""
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    strategy = {"strategy": "group", "group_size": group_size} if group_size else {"strategy": "channel"}
+    weights = {"num_bits": num_bits, "type": "int", "symmetric": True, **strategy}
+    return [(modifier or QuantizationModifier)(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
+                                               ignore=ignore)]
+
+
 def recipe(scheme: str, cfg: QuantizeConfig) -> list:
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
     from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
@@ -42,9 +52,8 @@ def recipe(scheme: str, cfg: QuantizeConfig) -> list:
     if scheme == "W8A8":   # int8 activations lose most; SmoothQuant moves their outliers into the weights first
         smooth = [SmoothQuantModifier(smoothing_strength=cfg.smoothing)] if cfg.smoothing else []
         return smooth + [QuantizationModifier(targets="Linear", scheme="W8A8", ignore=cfg.ignore)]
-    weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": cfg.group_size}
-    modifier = GPTQModifier if scheme.endswith("-GPTQ") else QuantizationModifier   # GPTQ: error-correcting rounding
-    return [modifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}, ignore=cfg.ignore)]
+    # GPTQ: error-correcting rounding, calibrated; otherwise round to nearest
+    return weights_only(4, cfg.group_size, cfg.ignore, GPTQModifier if scheme.endswith("-GPTQ") else None)
 
 
 def calibrated(scheme: str, cfg: QuantizeConfig) -> bool:
@@ -60,13 +69,14 @@ def calibration_set(tokenizer, train_file: Path, size: int):
     return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
 
 
-def quantize_in_fp32(model, scheme: str, cfg: QuantizeConfig, calibration) -> None:
-    """Quantize `model` (fp32) in place: llmcompressor attaches quantize-dequantize to its weights (and activations)."""
+def quantize_in_fp32(model, modifiers: list, calibration=None) -> None:
+    """Apply `modifiers` to `model` (fp32) in place, calibrating on `calibration` when given: llmcompressor attaches
+    quantize-dequantize to its weights (and activations)."""
     from llmcompressor import oneshot
 
     data = {"dataset": calibration, "num_calibration_samples": len(calibration),
-            "max_seq_length": max(len(i) for i in calibration["input_ids"])} if calibrated(scheme, cfg) else {}
-    oneshot(model=model, recipe=recipe(scheme, cfg), **data)
+            "max_seq_length": max(len(i) for i in calibration["input_ids"])} if calibration is not None else {}
+    oneshot(model=model, recipe=modifiers, **data)
 
 
 def save_compressed(model, tokenizer, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -81,7 +91,7 @@ def save_compressed(model, tokenizer, out: Path, dtype: torch.dtype = torch.bflo
 
 def measured(model, scheme: str, cfg: QuantizeConfig, tokenizer, conversations, calibration, out: Path) -> dict:
     """`scheme` applied to `model` (fp32, in place) and saved to `out`: its size and held-out ppl."""
-    quantize_in_fp32(model, scheme, cfg, calibration)
+    quantize_in_fp32(model, recipe(scheme, cfg), calibration if calibrated(scheme, cfg) else None)
     ppl = perplexity(model, tokenizer, conversations, f"ppl {scheme} (fp32, quantize-dequantize)")
     save_compressed(model, tokenizer, out)
     return {"mb": folder_mb(out), "ppl": round(ppl, 4)}
@@ -117,7 +127,7 @@ def merge_and_quantize(cfg: QuantizeConfig, base_model: Path = Paths.base_model,
             variants[scheme] = measured(copy.deepcopy(merged), scheme, cfg, tokenizer, conversations, calibration,
                                         Path(tmp) / scheme)
     if cfg.gguf:
-        path = export_gguf(merged_dir, gguf_dir / f"model-{cfg.gguf}.gguf", cfg.gguf, cfg.gguf_pre)
+        path = export_gguf(merged, merged_dir, gguf_dir / f"model-{cfg.gguf}.gguf", cfg.gguf, cfg.gguf_pre)
         variants[f"GGUF {cfg.gguf}"] = {"mb": round(path.stat().st_size / 2**20, 1), "ppl": round(
             perplexity(load_gguf(path), tokenizer, conversations, f"ppl GGUF {cfg.gguf} (fp32, dequantized)"), 4)}
     if cfg.scheme == "none":

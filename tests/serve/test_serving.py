@@ -101,7 +101,10 @@ def test_each_variant_is_measured_and_the_gguf_file_is_the_merged_model(base_mod
     assert len(fields["tokenizer.ggml.merges"].data) > 40_000
 
     # unquantized, the file is exactly the merged model: every tensor named, q/k rows in llama.cpp's order
-    f32 = export_gguf(tmp_path / "merged", tmp_path / "f32" / "model.gguf", "F32", cfg.gguf_pre)
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    f32 = export_gguf(merged, tmp_path / "merged", tmp_path / "f32" / "model.gguf", "F32", cfg.gguf_pre)
     conversations = [r["messages"] for r in read_jsonl(sharegpt_sets["test"])]
     assert perplexity(load_gguf(f32), tokenizer, conversations) == pytest.approx(q["merged_ppl"], rel=1e-4)
 
