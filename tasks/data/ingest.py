@@ -53,7 +53,7 @@ def _json_array_records(path: Path) -> Iterator[tuple[object, str | None]]:
     The text is read CHUNK_CHARS at a time into a window that starts at the record being decoded. A record the
     window cuts off fails to decode (or, a number, decodes up to the window's end); it is retried with at least
     twice the text, so retries cost time linear in the record, until the file ends and what is left is
-    quarantined: a syntax error mid-file cannot be resynchronised. Bytes that are not UTF-8 are decoded with
+    quarantined. A syntax error inside a record quarantines that record alone (`_record_end`). Bytes that are not UTF-8 are decoded with
     surrogateescape, and a record holding any is quarantined as text (see `ingest`).
     """
     decoder = json.JSONDecoder()
@@ -72,7 +72,11 @@ def _json_array_records(path: Path) -> Iterator[tuple[object, str | None]]:
                 try:
                     record, end = decoder.raw_decode(text, pos)
                 except (ValueError, RecursionError) as err:
-                    error = err
+                    error, end = err, _record_end(text, pos) or len(text)
+                    if end < len(text):   # a syntax error inside one record: it alone is quarantined
+                        yield text[pos:end], f"invalid_json: {_json_error(err)}"
+                        pos = end
+                        continue
             # the window may have cut the record off: a number cut after "1.", "1e" or "1e-" decodes as 1
             if len(text) - end <= 2:
                 more = f.read(max(CHUNK_CHARS, len(text) - pos))
@@ -92,15 +96,37 @@ def _json_array_records(path: Path) -> Iterator[tuple[object, str | None]]:
             pos = end
 
 
+def _record_end(text: str, pos: int) -> int | None:
+    """Where the array element starting at `pos` ends, by its brackets outside strings: a record with a syntax error
+    inside still closes its braces, so the next record can be read. None when the text ends first."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(pos, len(text)):
+        c = text[i]
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            in_string = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth <= 0:
+                return i + (depth == 0)   # past its closing brace; at the array's own "]"
+        elif c == "," and depth == 0:
+            return i
+    return None
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[int, object, str | None]]:
-    """One record per line, read line by line. Blank lines are not records; a BOM before the first line and the line
+    """One record per line, read line by line. A blank line is quarantined as `blank_line`; a BOM before the first line and the line
     ending (LF or CRLF) are framing, not part of the record. Line endings are stripped only from the text of a line
     that is quarantined: stripping every line would copy it, and the parser ignores them anyway."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             if number == 1:
                 raw = raw.removeprefix(codecs.BOM_UTF8)
-            if not raw or raw.isspace():
+            if raw.isspace():   # no record, but a line: counted, so rows_in reconciles with `wc -l`
+                yield number, raw.decode("utf-8", errors="surrogateescape").rstrip("\r\n"), "blank_line"
                 continue
             try:
                 line = raw.decode("utf-8")
@@ -117,18 +143,26 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, object, str | None]]:
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[object, str | None]]:
+    """Rows of a Parquet file. A file that is not one, or is cut off, is an error naming it: its row groups cannot
+    be told apart from its footer, so there is no record to quarantine (and nothing is written: outputs are atomic)."""
+    import pyarrow
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            yield row, None
+    rows = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                rows += 1
+                yield row, None
+    except (pyarrow.ArrowException, OSError) as err:
+        raise ValueError(f"{path} is not a readable Parquet file after {rows} rows (truncated or not Parquet?): "
+                         f"{type(err).__name__}: {err}") from err
 
 
 def raw_records(source: str) -> Iterator[tuple[int | None, object, str | None]]:
     """(line, record, None) for each parsed record, or (line, raw text, reason) for what could not be parsed.
 
-    `line` is the 1-based line of a JSONL file (blank lines are skipped, so the record index does not give it);
-    None for a JSON array or Parquet file, where the record index is the location.
+    `line` is the 1-based line of a JSONL file; None for a JSON array or Parquet file, where the record index is the location.
     """
     path = sharegpt_package_file() if source == EMBEDDED else Path(source)
     if not path.exists():

@@ -115,12 +115,15 @@ def _keyed_secrets(text: str) -> Iterator[Span]:
 
 
 URL_CREDENTIALS = re.compile(r"://(?P<userinfo>[^\s:/?#@\[\]]*:(?P<password>[^\s/?#]+))@(?=[\w\[])")
+# a connection string's password is a secret whatever it looks like ("Pass123", "password"); only a mask is not
+URL_MASK = re.compile(r"x{3,}|X{3,}|\*{3,}|\.{3,}|<[^<>]*>|\{[^{}]*\}|\$\{[^{}]*\}|\$[A-Za-z_]\w*|%s|%\(\w+\)s")
 
 
 def _url_credentials(text: str) -> Iterator[Span]:
-    """`scheme://user:password@host`: only the userinfo, and not when the password is a stand-in (docs, templates)."""
+    """`scheme://user:password@host`: only the userinfo, and not when the password is a mask (`****`, `<password>`,
+    `${DB_PASSWORD}`)."""
     for m in URL_CREDENTIALS.finditer(text):
-        if not is_placeholder(m["password"]):
+        if not URL_MASK.fullmatch(m["password"]):
             yield m.span("userinfo")
 
 

@@ -48,7 +48,7 @@ EXPECTED_MESSAGES = {
     "g-sharegpt": [{"role": "user", "content": "Which planet is closest to the sun?"},
                    {"role": "assistant", "content": "Mercury is the planet closest to the sun."}],
 }
-ROWS: list[Row | None] = [           # None: a blank line, which is no row at all
+ROWS: list[Row] = [
     Row(codecs.BOM_UTF8 + line(GOOD["g-bom"]), "g-bom", None),
     Row(line(GOOD["g-sharegpt"]), "g-sharegpt", None),
     Row(b'{"id": "truncated", "messages": [{"role": "user", "content": "cut o', None, "invalid_json"),
@@ -65,7 +65,7 @@ ROWS: list[Row | None] = [           # None: a blank line, which is no row at al
         "bad_turn: content_not_a_string"),
     Row(line({"id": "robot", "messages": [{"role": "robot", "content": "beep"}]}), "robot", "unknown_role"),
     Row(line(conversation("", "There is nothing to answer here.", "empty-text")), "empty-text", None, "empty_turn"),
-    None,
+    Row(b"", None, "blank_line"),     # no record, but a line: counted, so rows_in is the file's line count
     Row(line(conversation(" \t \n ", "Only whitespace was asked.", "space-text")), "space-text", None, "empty_turn"),
     Row(b'{"id": "latin-1", "messages": [{"role": "user", "content": "caf\xe9 cr\xe8me br\xfbl\xe9e"}]}', None,
         "invalid_utf8"),
@@ -93,8 +93,8 @@ ROWS: list[Row | None] = [           # None: a blank line, which is no row at al
 
 def write_bad_corpus(path: Path) -> dict[int, Row]:
     """The corpus with CRLF line endings and no ending on the last line; its rows by 1-based line number."""
-    path.write_bytes(b"\r\n".join(b"" if row is None else row.raw for row in ROWS))
-    return {number: row for number, row in enumerate(ROWS, 1) if row is not None}
+    path.write_bytes(b"\r\n".join(row.raw for row in ROWS))
+    return dict(enumerate(ROWS, 1))
 
 
 def head(reason: str) -> str:

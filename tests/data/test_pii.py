@@ -77,7 +77,8 @@ NEGATIVE = [
     "the tokenizer = 'bert-base-uncased' and max_tokens = 2048",
     "password = request.form['password'] ; api_key = self.api_key",
     "-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----",
-    "postgres://user:password@localhost:5432/db and mongodb+srv://<username>:<password>@cluster0.example.net",
+    "mongodb+srv://<username>:<password>@cluster0.example.net and postgres://app:${DB_PASSWORD}@db:5432/x",
+    "redis://default:****@cache.internal:6379 and amqp://guest:%s@mq and mysql://root:xxxxxxxx@db/app",
     "I use scikit-learn via sk-learn-contrib-imbalanced-learn",
 ]
 
@@ -93,6 +94,18 @@ def test_each_pii_type_is_replaced(text, placeholder, raw):
 @pytest.mark.parametrize("text", NEGATIVE)
 def test_lookalikes_are_left_alone(text):
     assert SCRUB.scrub(text) == (text, {})
+
+
+@pytest.mark.parametrize("url", [
+    "mongodb+srv://Admin:Pass123@cluster0.abcde.mongodb.net/test",        # 7 times in ShareGPT: real-looking, short
+    "postgresql://doadmin:AVNS_x7Gq2bPz@db-postgresql-fra1.b.db.ondigitalocean.com:25060/defaultdb",
+    "postgres://user:password@localhost:5432/db",                         # a word, but in a connection string
+    "mysql://root:root@db.shop.internal:3306/shop",
+])
+def test_a_connection_string_password_is_scrubbed_whatever_it_looks_like(url):
+    scrubbed, counts = SCRUB.scrub(f"connect with {url} please")
+    assert counts == {"url_credentials": 1} and "<URL_CREDENTIALS>@" in scrubbed
+    assert url.split("://")[1].split("@")[0] not in scrubbed
 
 
 def test_url_credentials_replace_only_the_userinfo_and_are_no_email():
