@@ -171,6 +171,10 @@ class QuantizeConfig(_Section):
 
 class DeployConfig(_Section):
     python: str = ".venv-serve/bin/python"
+    # merged: the quantized merged checkpoint; lora: the base in the serving dtype + the DPO adapter, swapped at run
+    # time by `make serve` (tasks/common/adapter_folder.py)
+    mode: Literal["merged", "lora"] = "merged"
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 16   # lora: the largest adapter rank the server accepts
     host: str = "127.0.0.1"
     port: int = 0
     max_model_len: int = 1024

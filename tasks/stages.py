@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import tracking
+from tasks.common.adapter_folder import BASE_FILE
 from tasks.common.jsonl import write_json
 from tasks.config import Config, Paths
 
@@ -63,7 +64,7 @@ def _dpo(cfg):
 
 def _quantize(cfg):
     from tasks.serve.quantize import merge_and_quantize
-    return merge_and_quantize(cfg.quantize)
+    return merge_and_quantize(cfg.quantize, lora=cfg.deploy.mode == "lora")
 
 
 def _deploy(cfg):
@@ -94,7 +95,7 @@ STAGES = [
     Stage("sft", _sft, ("sft",), (Paths.sft_adapter,)),
     Stage("pairs", _pairs, ("pairs", "runtime"), (Paths.pref_test,)),
     Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,)),
-    Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json",)),
+    Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json", Paths.quantized / BASE_FILE)),
     Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1),
     Stage("evaluate", _evaluate, ("evaluate", "tracking"), (Paths.eval_dir,), retries=1),
     Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report, Paths.vs_champion_plot),

@@ -179,7 +179,7 @@ def champion(name: str, alias: str = "champion") -> dict | None:
 
 def fetch_model(source: str, dest: Path) -> Path:
     """A registered model's files in a local folder (downloaded once; a version's files never change)."""
-    if not (dest / "config.json").exists():
+    if not dest.exists():   # renamed into place only once complete
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)

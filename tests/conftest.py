@@ -53,6 +53,24 @@ def untrained_adapter(base_model_dir, tmp_path_factory):
     return adapter
 
 
+@pytest.fixture(scope="session")
+def noisy_adapter(untrained_adapter, tmp_path_factory):
+    """The untrained adapter with noise on its B matrices: another model's answers, in the same shape."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    adapter = tmp_path_factory.mktemp("noisy") / "adapter"
+    shutil.copytree(untrained_adapter, adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    for key in [k for k in tensors if "lora_B" in k]:
+        tensors[key] = 0.2 * torch.randn(tensors[key].shape, generator=gen, dtype=tensors[key].dtype)
+    save_file(tensors, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
+    return adapter
+
+
 def conversation(user: str, assistant: str, cid: str) -> dict:
     return {"id": cid, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 

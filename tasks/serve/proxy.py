@@ -36,6 +36,7 @@ class Backend:
     in_flight: int = 0
     served: int = 0
     slot: int = 0                                      # which half of the CPU cores it runs on (tasks/serve/swap.py)
+    renamed: dict[str, str] = field(default_factory=dict)   # the model name clients use -> vLLM's name for it (LoRA)
     server: object = field(default=None, repr=False)   # the VLLMServer, for whoever stops it after a drain
 
 
@@ -164,6 +165,8 @@ class Proxy:
         if backend is None:
             return _error(503, "no model is being served yet", "unavailable")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if body is not None and isinstance(body.get("model"), str):
+            body["model"] = backend.renamed.get(body["model"], body["model"])
         content = json.dumps(body).encode() if body is not None else raw
         if body is not None:
             headers["content-type"] = "application/json"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.common.adapter_folder import write_adapter_folder
 from tasks.common.jsonl import read_jsonl
 from tasks.config import Paths, QuantizeConfig
 from tasks.serve.gguf_export import export_gguf, load_gguf
@@ -100,10 +101,16 @@ def measured(model, scheme: str, cfg: QuantizeConfig, tokenizer, conversations, 
 def merge_and_quantize(cfg: QuantizeConfig, base_model: Path = Paths.base_model, adapter: Path = Paths.dpo_adapter,
                        test_file: Path = Paths.sft_test, train_file: Path = Paths.sft_train,
                        merged_dir: Path = Paths.merged, quantized_dir: Path = Paths.quantized,
-                       gguf_dir: Path = Paths.gguf) -> dict:
+                       gguf_dir: Path = Paths.gguf, lora: bool = False) -> dict:
     """The merged model, the served quantization of it, and each variant in quantize.compare and quantize.gguf
-    measured the same way (size, held-out ppl through one fp32 forward) for the report."""
+    measured the same way (size, held-out ppl through one fp32 forward) for the report. With `lora`
+    (deploy.mode: lora) the served folder is the adapter on its base instead, nothing quantized: its reference ppl is
+    the merged model's, which is what vLLM computes from base + adapter."""
     from transformers import AutoModelForCausalLM
+
+    if lora and not is_adapter(adapter):
+        raise ValueError(f"deploy.mode lora serves a LoRA adapter, and {adapter} is a whole model (dpo.adapter: full): "
+                         "use deploy.mode merged, or train with dpo.adapter lora")
 
     tokenizer = load_tokenizer(base_model)
     model = load_model(base_model, adapter=adapter)        # a full fine-tune's folder loads as the whole model
@@ -118,26 +125,30 @@ def merge_and_quantize(cfg: QuantizeConfig, base_model: Path = Paths.base_model,
     # inv_freq buffer to bf16 (not saved, so not what any engine serves; measured +0.09% ppl on the test's replies)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     merged_ppl = perplexity(merged, tokenizer, conversations, "ppl merged (fp32)")
-    schemes = [s for s in dict.fromkeys(cfg.compare) if s != cfg.scheme]
+    scheme = "lora" if lora else cfg.scheme
+    schemes = [s for s in dict.fromkeys(cfg.compare) if s != scheme]
     calibration = (calibration_set(tokenizer, train_file, cfg.calibration_samples)
-                   if any(calibrated(s, cfg) for s in [cfg.scheme, *schemes]) else None)
+                   if any(calibrated(s, cfg) for s in [scheme, *schemes]) else None)
     variants = {}
-    for scheme in schemes:                                 # before the served one, which quantizes `merged` itself
+    for other in schemes:                                  # before the served one, which quantizes `merged` itself
         with tempfile.TemporaryDirectory() as tmp:
-            variants[scheme] = measured(copy.deepcopy(merged), scheme, cfg, tokenizer, conversations, calibration,
-                                        Path(tmp) / scheme)
+            variants[other] = measured(copy.deepcopy(merged), other, cfg, tokenizer, conversations, calibration,
+                                       Path(tmp) / other)
     if cfg.gguf:
         path = export_gguf(merged, merged_dir, gguf_dir / f"model-{cfg.gguf}.gguf", cfg.gguf, cfg.gguf_pre)
         variants[f"GGUF {cfg.gguf}"] = {"mb": round(path.stat().st_size / 2**20, 1), "ppl": round(
             perplexity(load_gguf(path), tokenizer, conversations, f"ppl GGUF {cfg.gguf} (fp32, dequantized)"), 4)}
-    if cfg.scheme == "none":
-        shutil.copytree(merged_dir, quantized_dir)
-        variants["none"] = {"mb": folder_mb(quantized_dir), "ppl": round(merged_ppl, 4)}
+    if scheme in ("none", "lora"):
+        if lora:
+            write_adapter_folder(adapter, base_model, quantized_dir)
+        else:
+            shutil.copytree(merged_dir, quantized_dir)
+        variants[scheme] = {"mb": folder_mb(quantized_dir), "ppl": round(merged_ppl, 4)}
     else:
-        variants[cfg.scheme] = measured(merged, cfg.scheme, cfg, tokenizer, conversations, calibration, quantized_dir)
-    merged_mb, served = folder_mb(merged_dir), variants[cfg.scheme]
+        variants[scheme] = measured(merged, scheme, cfg, tokenizer, conversations, calibration, quantized_dir)
+    merged_mb, served = folder_mb(merged_dir), variants[scheme]
     for v in variants.values():
         v |= {"ppl_ratio": round(v["ppl"] / merged_ppl, 4), "size_ratio": round(v["mb"] / merged_mb, 4)}
     return {"merged_mb": merged_mb, "quantized_mb": served["mb"], "merged_ppl": round(merged_ppl, 4),
             "quantized_ppl": served["ppl"], "ppl_ratio": served["ppl_ratio"], "size_ratio": served["size_ratio"],
-            "scheme": cfg.scheme, "variants": variants}
+            "scheme": scheme, "variants": variants}

@@ -57,12 +57,14 @@ class Monitor:
 
     def __init__(self, interval_s: float, cost_per_hour: float):
         self.interval_s, self.cost_per_hour = interval_s, cost_per_hour
-        self.url, self.last = "", None               # the backend watched and its last scrape (the window's start)
-        self.step, self.due = 0, 0.0
+        self.url, self.last = "", None               # the server watched and its last scrape (the window's start)
+        self.version, self.step, self.due = None, 0, 0.0
 
     def tick(self, backend: Backend) -> None:
-        if backend.url != self.url:   # a swap: logged at once, so a version served for under one interval still shows
+        if backend.url != self.url:                  # another server: its counters start anew
             self.url, self.last, self.due = backend.url, None, 0.0
+        if backend.version != self.version:   # a swap: logged at once, so a version served under one interval shows
+            self.version = backend.version
             self.log({"served_version": backend.version})
         if time.monotonic() < self.due:
             return

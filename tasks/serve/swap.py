@@ -2,6 +2,10 @@
 and the old one is stopped only after its last request has finished. A version that fails to start never gets
 traffic: the old one keeps serving, and the error (with vLLM's log tail) says why.
 
+LoRA versions (`deploy.mode: lora`) on the base already being served need no second server: the new adapter is
+loaded into the running one (`/v1/load_lora_adapter`, ~0.02 s), traffic moves to it by name, and the old adapter is
+unloaded once drained.
+
 On a CPU host the two servers take turns on two halves of the cores (`cpu_slot`). vLLM pins its worker's OpenMP
 threads, by default to the same core in every server: measured on a 2-core EPYC, a second server's worker started
 beside a loaded first one got no CPU at all and was not healthy after 300 s; bound to the other core it was healthy
@@ -14,8 +18,9 @@ import os
 from pathlib import Path
 
 from tasks import tracking
+from tasks.common.adapter_folder import AdapterError, base_of, is_adapter_folder
 from tasks.common.hardware import has_cuda_gpu
-from tasks.common.vllm_server import VLLMServer
+from tasks.common.vllm_server import ServerError, VLLMServer
 from tasks.config import DeployConfig, Paths
 from tasks.serve.proxy import Backend, Proxy
 
@@ -33,12 +38,32 @@ def cpu_slot(deploy: DeployConfig, slot: int) -> DeployConfig:
     return deploy.model_copy(update={"env": {**deploy.env, CPU_BIND: ",".join(map(str, half))}})
 
 
+def fetched(found: dict) -> Path:
+    """`found`'s ({version, source}) files, fetched once into the version cache."""
+    return tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
+
+
 def start_backend(found: dict, served_name: str, deploy: DeployConfig, slot: int = 0) -> Backend:
-    """`found` ({version, source}) fetched once into the version cache and healthy behind vLLM on a free port."""
-    model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
-    server = VLLMServer(cpu_slot(deploy, slot).model_copy(update={"port": 0}), Path(model_dir),
+    """`found` healthy behind a new vLLM server on a free port."""
+    server = VLLMServer(cpu_slot(deploy, slot).model_copy(update={"port": 0}), fetched(found),
                         served_name=served_name).start()
     return Backend(url=server.base_url, version=found["version"], server=server, slot=slot)
+
+
+def load_beside(old: Backend, found: dict, served_name: str) -> Backend | None:
+    """`found` as one more adapter on `old`'s server when both are LoRA adapters on the same base; else None."""
+    folder = fetched(found)
+    if old.server.base is None or not is_adapter_folder(folder):
+        return None
+    try:
+        if base_of(folder).resolve() != old.server.base.resolve():
+            return None
+    except AdapterError as err:
+        raise ServerError(str(err)) from err
+    name = f"{served_name}-v{found['version']}"
+    old.server.load_adapter(name, folder)
+    return Backend(url=old.url, version=found["version"], server=old.server, slot=old.slot,
+                   renamed={served_name: name})
 
 
 def swap(proxy: Proxy, found: dict, served_name: str, deploy: DeployConfig, drain_timeout_s: float,
@@ -47,15 +72,22 @@ def swap(proxy: Proxy, found: dict, served_name: str, deploy: DeployConfig, drai
     Raises ServerError (the old version still serving) when the new one does not come up."""
     t0 = time.monotonic()
     old = proxy.current
-    say(f"starting version {found['version']}" + (f" beside version {old.version}" if old else ""), flush=True)
-    new = start_backend(found, served_name, deploy, slot=1 - old.slot if old else 0)
+    new = load_beside(old, found, served_name) if old else None
+    if new is None:
+        say(f"starting version {found['version']}" + (f" beside version {old.version}" if old else ""), flush=True)
+        new = start_backend(found, served_name, deploy, slot=1 - old.slot if old else 0)
     proxy.switch(new)
-    say(f"version {found['version']} healthy after {time.monotonic() - t0:.0f} s: new requests go to it", flush=True)
+    how = "loaded as a LoRA adapter on the running server" if old and new.server is old.server else "healthy"
+    say(f"version {found['version']} {how} after {time.monotonic() - t0:.1f} s: new requests go to it", flush=True)
     if old is not None:
         in_flight = old.in_flight
         drained = proxy.drain(old, drain_timeout_s)
-        old.server.stop()
-        say(f"version {old.version} stopped after finishing its {in_flight} request(s) in flight" if drained else
-            f"version {old.version} stopped with {old.in_flight} request(s) still running after "
+        if new.server is old.server:
+            old.server.unload_adapter(old.renamed.get(served_name, served_name))
+        else:
+            old.server.stop()
+        done = "unloaded" if new.server is old.server else "stopped"
+        say(f"version {old.version} {done} after finishing its {in_flight} request(s) in flight" if drained else
+            f"version {old.version} {done} with {old.in_flight} request(s) still running after "
             f"serve.drain_timeout_s={drain_timeout_s:.0f} s", flush=True)
     return new

@@ -185,3 +185,14 @@ def test_every_version_served_shows_on_the_charts_even_for_less_than_one_interva
     assert logged[-1][0] == 2 and logged[-1][1]["served_version"] == 2 and logged[-1][1]["kv_cache_usage"] == 0.25
     one.shutdown()
     two.shutdown()
+
+
+def test_a_lora_version_is_asked_for_under_its_adapter_name_and_other_names_pass_through(proxy):
+    backend, seen = fake_backend("lora")
+    proxy.switch(Backend(f"http://127.0.0.1:{backend.server_port}", 2, renamed={"smollm2": "smollm2-v2"}))
+    url = f"{proxy.url}/v1/chat/completions"
+    assert post(url, {"model": "smollm2", "messages": []})[0] == 200
+    assert post(url, {"model": "smollm2-base", "messages": []})[0] == 200
+    assert post(url, {"model": ["not", "a", "name"], "messages": []})[0] == 200   # vLLM's own 400 for this one
+    assert [b["model"] for b in seen] == ["smollm2-v2", "smollm2-base", ["not", "a", "name"]]
+    backend.shutdown()

@@ -189,6 +189,61 @@ def test_serve_follows_promote_and_rollback_under_load_without_a_failed_request(
     assert tags["promoted_by"] == "rollback" and tags["rolled_back_from"] == str(v2)
 
 
+@pytest.fixture(scope="module")
+def lora_versions(base_model_dir, untrained_adapter, noisy_adapter, tmp_path_factory):
+    """Two deploy.mode-lora folders on the base: the untrained adapter (the base's answers) and a noisy one."""
+    from tasks.common.adapter_folder import write_adapter_folder
+
+    root = tmp_path_factory.mktemp("lora")
+    for name, adapter in (("v1", untrained_adapter), ("v2", noisy_adapter)):
+        write_adapter_folder(adapter, base_model_dir, root / name)
+    return root / "v1", root / "v2"
+
+
+def test_lora_versions_swap_on_the_running_server_without_a_second_one(project, lora_versions, monkeypatch):
+    """deploy.mode lora: promote loads the new adapter into the serving vLLM (no second server, no start wait),
+    rollback loads the old one back, and no request fails meanwhile."""
+    monkeypatch.chdir(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["serve"] |= {"port": 0, "poll_s": 1}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    v1 = registered(project, lora_versions[0])["version"]
+    with mlflow.start_run():
+        v2 = tracking.register_model(NAME, lora_versions[1], "challenger", "test", tags={"gates": "passed"})["version"]
+    proc = serve(project)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("serving"):
+            break
+    assert lines and lines[-1].startswith(f"serving {NAME} version {v1}"), "".join(lines) + proc.stderr.read()
+    url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", lines[-1]).group(1)
+    status, answer_v1, version = chat(url)
+    assert status == 200 and answer_v1.strip() and version == str(v1)
+
+    load = Load(url)
+    assert cli(project, "promote", str(v2), "--reason", "lora swap").returncode == 0
+    load.wait_for_version(str(v2), proc, timeout_s=60)     # a poll and a load: seconds, not a server start
+    status, answer_v2, version = chat(url)
+    assert status == 200 and version == str(v2) and answer_v2 != answer_v1
+    assert cli(project, "rollback", "--reason", "lora rollback").returncode == 0
+    load.wait_for_version(str(v1), proc, timeout_s=60)
+    results = load.finish()
+    assert chat(url)[1:] == (answer_v1, str(v1))
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed across the swaps: {failed[:3]}"
+
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    said = "".join(lines) + out
+    assert said.count("starting version") == 1, said          # one vLLM server for the three versions served
+    assert said.count("loaded as a LoRA adapter on the running server") == 2, said
+    assert f"version {v1} unloaded after finishing" in said and f"version {v2} unloaded after finishing" in said
+    assert not subprocess.run(["pgrep", "-f", str(project / ".cache" / "champion")], capture_output=True,
+                              text=True).stdout.strip(), "a vLLM server outlived make serve"
+
+
 def test_a_taken_port_is_a_one_line_error(project, base_model_dir, monkeypatch):
     monkeypatch.chdir(project)
     registered(project, base_model_dir)

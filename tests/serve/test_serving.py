@@ -23,10 +23,10 @@ SERVE_PY = str(ROOT / ".venv-serve" / "bin" / "python")
 GATES = GatesConfig()
 
 
-def quantize(cfg: QuantizeConfig, base_model_dir, adapter, sets, out):
+def quantize(cfg: QuantizeConfig, base_model_dir, adapter, sets, out, lora: bool = False):
     """The quantize stage, calibrated on real ShareGPT exchanges and scored on held-out ones."""
     return merge_and_quantize(cfg, base_model_dir, adapter, sets["test"], sets["train"], out / "merged",
-                              out / "quantized", out / "gguf")
+                              out / "quantized", out / "gguf", lora)
 
 
 def served_ppl(model_dir, conversations) -> tuple[float, str]:
@@ -66,6 +66,23 @@ def test_w8a8_is_small_and_close_and_vllm_serves_what_was_measured(base_model_di
     corrupt_scales(tmp_path / "quantized")
     corrupted, _ = served_ppl(tmp_path / "quantized", conversations)
     assert corrupted > GATES.max_served_ppl_ratio * q["quantized_ppl"]
+
+
+def test_lora_mode_serves_the_base_and_adapter_as_the_merged_model_measured(base_model_dir, noisy_adapter,
+                                                                          sharegpt_sets, tmp_path):
+    from tasks.train.modeling import load_model, load_tokenizer, perplexity
+
+    q = quantize(QuantizeConfig(compare=[], gguf=""), base_model_dir, noisy_adapter, sharegpt_sets, tmp_path,
+                 lora=True)
+    assert q["scheme"] == "lora" and q["quantized_ppl"] == q["merged_ppl"] and q["ppl_ratio"] == 1.0
+    assert q["quantized_mb"] < 0.1 * q["merged_mb"]                 # what a version adds: the adapter
+    conversations = list(read_jsonl(sharegpt_sets["test"]))
+    base_ppl = perplexity(load_model(base_model_dir), load_tokenizer(base_model_dir),
+                          [c["messages"] for c in conversations], "base ppl")
+    assert abs(q["merged_ppl"] / base_ppl - 1) > 0.25                # the adapter changes the model ...
+    served, _ = served_ppl(tmp_path / "quantized", conversations)
+    ratio = served / q["merged_ppl"]                                 # ... and vLLM applies it: base + adapter served
+    assert 1 / GATES.max_served_ppl_ratio <= ratio <= GATES.max_served_ppl_ratio, (served, q["merged_ppl"], base_ppl)
 
 
 def test_lossy_quantization_fails_the_like_for_like_ratio(base_model_dir, untrained_adapter, sharegpt_sets, tmp_path):
