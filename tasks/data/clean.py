@@ -66,7 +66,7 @@ def _scan(byte_range: tuple[int, int], *, cfg: CleanConfig, src: str) -> dict:
         fingerprints.append(dedup.fingerprint(text))
         lengths.append(len(text))
         texts.append(text)
-    sig = chunk_signatures(texts, ShingleHasher(cfg.near_dedup.shingle_words), cfg.near_dedup.num_perm)
+    sig = chunk_signatures(texts, ShingleHasher.configured(cfg.near_dedup), cfg.near_dedup.num_perm)
     return {"rows": rows, "dropped": dropped, "trimmed": trimmed, "ids": ids, "fingerprints": fingerprints, "lengths": lengths,
             "signatures": sig}
 
@@ -76,7 +76,7 @@ def _fetch(item: tuple[tuple[int, int], set[str], set[str]], *, cfg: CleanConfig
     texts = {row["id"]: conversation_text(row["messages"]) for row, _ in _rows(src, byte_range, cfg)
              if row["id"] in want_shingles or row["id"] in want_texts}
     ids = [i for i in texts if i in want_shingles]
-    sets = shingle_sets([texts[i] for i in ids], ShingleHasher(cfg.near_dedup.shingle_words))
+    sets = shingle_sets([texts[i] for i in ids], ShingleHasher.configured(cfg.near_dedup))
     return dict(zip(ids, sets)), {i: t for i, t in texts.items() if i in want_texts}
 
 

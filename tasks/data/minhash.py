@@ -3,19 +3,21 @@
 Own code rather than datasketch because the benchmark (benchmarks/dedup.py) shows why: datasketch computes
 `num_perm` hash permutations of every shingle, one document per call, so its cost is O(shingles x num_perm) plus
 per-document overhead. Here:
-- shingles are word n-grams hashed with a rolling polynomial over per-word hashes (numpy, uint64 wrap-around);
+- text is normalised first, a chunk at a time in numpy (tasks/data/dedup.py's Normaliser: case, punctuation incl. CJK
+  and full-width, numbers, Unicode forms, accents; NearDedupConfig.normalise), so light edits such as a comma, a
+  capital or a full-width mark do not split a pair;
+- shingles are n-grams of tokens, words or single CJK characters (a shorter n there: a particle is one character),
+  hashed with a rolling polynomial over per-token hashes (numpy, uint64 wrap-around);
 - signatures use one-permutation hashing with optimal densification (Li et al. 2012; Shrivastava 2017): each
   shingle is hashed once, its hash picks a bin and a value, each bin keeps its minimum, and empty bins borrow from a
   fixed probe sequence. Two documents agree on a bin with probability equal to their Jaccard similarity, as with
   classic MinHash, at O(shingles) cost, for all documents of a chunk in a few numpy calls;
 - banding uses datasketch's (bands, rows) optimiser, weighted towards recall, and buckets are found by sorting;
-- every LSH candidate pair is verified by exact Jaccard on the shingle sets before it counts.
+- every LSH candidate pair is verified by exact Jaccard on the same normalised shingle sets before it counts.
 """
 from __future__ import annotations
 
 import itertools
-import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,14 +25,15 @@ import numpy as np
 from datasketch.lsh import _optimal_param  # the field's (bands, rows) optimiser
 from tqdm import tqdm
 
+from tasks.config import NearDedupConfig, NormaliseConfig
+from tasks.data.dedup import Normaliser
+
 _PRIME = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit multiplier for the rolling n-gram hash
 # Words hash to 32 bits (half the memory traffic of 64, the hot loop here): among 10^6 distinct words about 100
 # pairs collide, and a collision only matters where both words sit at the same place in two n-grams. Odd, so
 # invertible modulo 2^32.
 _WORD_PRIME = np.uint32(0x9E3779B1)
 _WORD_P_INV = np.uint32(pow(int(_WORD_PRIME), -1, 2**32))
-# Han, kana, hangul, CJK punctuation and fullwidth forms: written without spaces, so each character is a token
-_CJK = re.compile(r"([\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef])")
 _MIX = np.uint64(0xBF58476D1CE4E5B9)     # splitmix64 constants: spread bits before taking bins
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
@@ -60,39 +63,34 @@ def _powers(base: np.uint32, n: int) -> np.ndarray:
 class ShingleHasher:
     """Word n-gram hashes for a chunk of documents at once, as one flat array plus per-document offsets.
 
-    No Python loop over words: the chunk's UTF-8 bytes are lower-cased (bytes.lower), split at whitespace (any byte
-    <= 0x20: str.split's ASCII whitespace plus control bytes, which never matter in prose), and each word
-    hashed polynomially, H(word) = sum b_j P^(e-1-j) = P^(e-1) * (S[e] - S[s]) with S the prefix sum of b_j P^-j (all
-    mod 2^64; P is odd, hence invertible). Only non-ASCII documents go through NFKC + casefold in Python. Hashes
-    depend on nothing but the text: identical in every process and run.
+    No Python loop over words: the chunk's normalised UTF-8 bytes (Normaliser.chunk: whitespace, punctuation and
+    control characters are spaces, CJK characters spaced out) are split at spaces, and each word hashed
+    polynomially, H(word) = sum b_j P^(e-1-j) = P^(e-1) * (S[e] - S[s]) with S the prefix sum of b_j P^-j (all mod
+    2^32; P is odd, hence invertible). Hashes depend on nothing but the text and the normalisation settings:
+    identical in every process and run.
     """
 
-    def __init__(self, n: int):
-        self.n, self.pow, self.pow_inv = n, _powers(_WORD_PRIME, 1), _powers(_WORD_P_INV, 1)
+    def __init__(self, n: int, normalise: NormaliseConfig | None = None, cjk_n: int | None = None):
+        self.n, self.cjk_n = n, cjk_n or n
+        self.pow, self.pow_inv = _powers(_WORD_PRIME, 1), _powers(_WORD_P_INV, 1)
+        self.normaliser = Normaliser(normalise)
+
+    @classmethod
+    def configured(cls, cfg: NearDedupConfig) -> ShingleHasher:
+        return cls(cfg.shingle_words, cfg.normalise, cfg.shingle_cjk_chars)
 
     def _grow(self, n: int) -> None:
         if len(self.pow) < n:                      # powers are computed once and reused by every chunk
             size = 1 << (n - 1).bit_length()
             self.pow, self.pow_inv = _powers(_WORD_PRIME, size), _powers(_WORD_P_INV, size)
 
-    @staticmethod
-    def _prepare(text: str) -> bytes:
-        if text.isascii():
-            return text.encode()
-        text = unicodedata.normalize("NFKC", text).casefold()
-        if max(text) >= "\u3000":                 # cheap C-level gate before the regex pass
-            text = _CJK.sub(r" \1 ", text)
-        return text.encode()
-
-    def word_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(hash of every token of every document, in order; number of tokens per document). A token is a
-        whitespace-separated word, or a single CJK character: n-grams of tokens are character n-grams in Chinese,
-        Japanese or Korean text and word n-grams elsewhere, chosen per document (and per span in mixed text)."""
-        encoded = [self._prepare(t) for t in texts]
-        doc_bounds = np.r_[0, np.cumsum([len(e) + 1 for e in encoded])]
-        data = np.frombuffer((b" " + b" ".join(encoded) + b" ").lower(), dtype=np.uint8)
+    def word_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hash of every token of every document, in order; number of tokens per document; whether each token is a
+        CJK character). A token is a whitespace-separated word, or a single CJK character: n-grams of tokens are
+        character n-grams in Chinese, Japanese or Korean text and word n-grams elsewhere."""
+        data, doc_bounds, cjk_at = self.normaliser.chunk(texts)
         self._grow(len(data))
-        space = data <= 32                        # data starts and ends with a space: edges alternate start, end
+        space = data == ord(" ")                  # data starts and ends with a space: edges alternate start, end
         edges = np.flatnonzero(space[:-1] != space[1:]) + 1
         starts, ends = edges[0::2], edges[1::2]
         with np.errstate(over="ignore"):          # word bytes are > 0x20, so no byte hashes as zero
@@ -100,36 +98,63 @@ class ShingleHasher:
             np.cumsum(data * self.pow_inv[:len(data)], dtype=np.uint32, out=prefix[1:])
             ids = (self.pow[ends - 1] * (prefix[ends] - prefix[starts])).astype(np.uint64)
         counts = np.diff(np.searchsorted(starts, doc_bounds))
-        return ids, counts
+        cjk = np.zeros(len(starts), bool)
+        cjk[np.searchsorted(starts, cjk_at)] = True              # every CJK character is a token of its own
+        return ids, counts, cjk
+
+    def _rolling(self, ids: np.ndarray, span: int | np.ndarray) -> np.ndarray:
+        """h[i] = hash of tokens i..i+span[i]-1, for a span per token or one for all (wrapping across documents:
+        masked by the caller)."""
+        short, long_ = int(np.min(span)), int(np.max(span))
+        h, h_short = ids.copy(), None
+        with np.errstate(over="ignore"):
+            for k in range(1, long_):
+                if k == short:
+                    h_short = h.copy()
+                h[:-k] = h[:-k] * _PRIME + ids[k:]
+        return h if h_short is None else np.where(span == short, h_short, h)
 
     def chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(shingle hashes of all documents, concatenated; start offset of each document's shingles, plus end)."""
-        ids, lengths = self.word_ids(texts)
+        """(shingle hashes of all documents, concatenated; start offset of each document's shingles, plus end). A
+        shingle starting at a CJK character spans cjk_n tokens, any other n; a document too short for any is one
+        shingle of all its tokens."""
+        ids, lengths, cjk = self.word_ids(texts)
         empty = np.flatnonzero(lengths == 0)
         if empty.size:                             # an empty document is one empty word, like "".split() -> [""]
-            ids = np.insert(ids, np.r_[0, np.cumsum(lengths)][empty], np.uint64(0))
+            at = np.r_[0, np.cumsum(lengths)][empty]
+            ids, cjk = np.insert(ids, at, np.uint64(0)), np.insert(cjk, at, False)
             lengths = lengths.copy()
             lengths[empty] = 1
         word_start = np.r_[0, np.cumsum(lengths)]
-        h = ids.copy()
-        with np.errstate(over="ignore"):
-            for k in range(1, self.n):             # h[i] = hash of words i..i+k (wraps across documents; masked below)
-                h[:-k] = h[:-k] * _PRIME + ids[k:]
-        counts = lengths - np.minimum(lengths, self.n) + 1      # a document shorter than n is one shingle
-        position = np.arange(len(ids)) - np.repeat(word_start[:-1], lengths)
-        keep = np.flatnonzero(position < np.repeat(counts, lengths))
-        for d in np.flatnonzero(lengths < self.n):                # rare: redo its one shingle without the wrap
+        span = np.where(cjk, self.cjk_n, self.n) if self.cjk_n != self.n and cjk.any() else self.n
+        h = self._rolling(ids, span)
+        keep = np.arange(len(ids)) + span <= np.repeat(word_start[1:], lengths)    # ends inside its document
+        kept = np.r_[0, np.cumsum(keep)]
+        counts = kept[word_start[1:]] - kept[word_start[:-1]]
+        for d in np.flatnonzero(counts == 0):      # rare: redo its one shingle without the wrap
             v = np.uint64(0)
             with np.errstate(over="ignore"):
                 for x in ids[word_start[d]:word_start[d + 1]]:
                     v = v * _PRIME + x
-            h[word_start[d]] = v
+            h[word_start[d]], keep[word_start[d]], counts[d] = v, True, 1
         return mix(h[keep]), np.r_[0, np.cumsum(counts)]
 
     def __call__(self, text: str) -> np.ndarray:
         """The sorted unique shingle hashes of one document (the set that exact Jaccard compares)."""
         flat, _ = self.chunk([text])
         return np.unique(flat)
+
+
+def shingle_strings(normalised: str, hasher: ShingleHasher) -> set[str]:
+    """One document's shingles as strings (tokens joined by a space), from Normaliser.texts: the sets ShingleHasher
+    hashes, in plain Python, for libraries that take strings (datasketch in benchmarks/dedup.py) and for tests."""
+    tokens = normalised.split()
+    if normalised.isascii():
+        spans = [hasher.n] * len(tokens)
+    else:
+        spans = [hasher.cjk_n if hasher.normaliser.is_cjk(t) else hasher.n for t in tokens]
+    shingles = {" ".join(tokens[i:i + s]) for i, s in enumerate(spans) if i + s <= len(tokens)}
+    return shingles or {" ".join(tokens)}
 
 
 def signatures(flat: np.ndarray, offsets: np.ndarray, num_perm: int) -> np.ndarray:
@@ -213,7 +238,7 @@ def shingle_sets(texts: Sequence[str], hasher: ShingleHasher) -> list[np.ndarray
     sets = []
     for start, end in byte_chunks(texts):
         flat, offsets = hasher.chunk(texts[start:end])
-        sets += [np.unique(flat[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+        sets += [np.unique(flat[a:b]) for a, b in itertools.pairwise(offsets)]
     return sets
 
 
@@ -258,17 +283,17 @@ def verify_and_cluster(pairs: set[tuple[int, int]], shingle_set: Callable[[int],
     return NearDupResult(sorted(drop), sims, sizes)
 
 
-def find_near_duplicates(texts: Sequence[str], threshold: float, num_perm: int = 128,
-                         n: int = 5) -> NearDupResult:
+def find_near_duplicates(texts: Sequence[str], cfg: NearDedupConfig | None = None) -> NearDupResult:
     """In memory, for texts that fit: keeps each chunk's shingle hashes so candidates are not hashed twice.
     The clean stage streams instead (tasks/data/clean.py) and re-hashes only the candidates."""
-    hasher, flats, sigs = ShingleHasher(n), [], []
+    cfg = cfg or NearDedupConfig()
+    hasher, flats, sigs = ShingleHasher.configured(cfg), [], []
     ranges = byte_chunks(texts)
     for start, end in tqdm(ranges, desc="minhash", unit="chunk"):
         flat, offsets = hasher.chunk(texts[start:end])
         flats.append((flat, offsets))
-        sigs.append(signatures(flat, offsets, num_perm))
-    sig = np.concatenate(sigs) if sigs else np.zeros((0, num_perm), np.uint32)
+        sigs.append(signatures(flat, offsets, cfg.num_perm))
+    sig = np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
     chunk_of = np.repeat(np.arange(len(ranges)), [end - start for start, end in ranges])
     cache: dict[int, np.ndarray] = {}
 
@@ -279,5 +304,6 @@ def find_near_duplicates(texts: Sequence[str], threshold: float, num_perm: int =
             cache[d] = np.unique(flat[offsets[local]:offsets[local + 1]])
         return cache[d]
 
-    pairs = candidate_pairs(sig, *bands_for(threshold, num_perm))
-    return verify_and_cluster(pairs, shingle_set, threshold, lambda k: (len(texts[k]), -k))
+    pairs = candidate_pairs(sig, *bands_for(cfg.threshold, cfg.num_perm))
+    keep_key = (lambda k: (len(texts[k]), -k)) if cfg.keep == "longest" else (lambda k: (-k,))
+    return verify_and_cluster(pairs, shingle_set, cfg.threshold, keep_key)
