@@ -13,9 +13,10 @@ repro: setup      ## the same stages through DVC
 test: setup       ## the test suite
 	python -m pytest -q tests
 
-bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min), int8 weights/activations/SmoothQuant vs the merged model (~4 min, after make pipeline)
+bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio, toxicity on a labelled set (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min), int8 weights/activations/SmoothQuant vs the merged model (~4 min, after make pipeline)
 	python -m benchmarks.dedup
 	python -m benchmarks.pii
+	python -m benchmarks.toxicity
 	python -m benchmarks.serving
 	python -m benchmarks.quantization
 

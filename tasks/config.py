@@ -116,8 +116,18 @@ class ExecutorConfig(_Section):
     chunk_mb: float = Field(8.0, gt=0)       # input bytes per task: bounds memory, the corpus is streamed
 
 
+class ToxicityConfig(_Section):
+    """tasks/data/toxicity.py: a conversation is dropped when a reply in `roles` matches the blocklist (built-in
+    English and Chinese terms, plus `blocklist_file`) or alt-profanity-check scores it at least `threshold`."""
+    enabled: bool = True
+    threshold: float = Field(0.9, gt=0, le=1)   # 1: the blocklist alone ("kill the process with kill -9" scores 0.77)
+    blocklist_file: str = ""                 # more terms, one per line (see tasks/data/toxicity_blocklist.txt)
+    roles: list[Literal["system", "user", "assistant"]] = ["assistant"]   # whose messages are judged
+
+
 class CleanConfig(_Section):
     quality: QualityConfig = QualityConfig()
+    toxicity: ToxicityConfig = ToxicityConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     pii: PiiConfig = PiiConfig()

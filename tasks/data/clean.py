@@ -1,8 +1,8 @@
-"""Stage 3: quality filters -> exact dedup -> MinHash-LSH near-dedup -> decontamination -> PII scrubbing.
+"""Stage 3: quality and toxicity filters -> exact dedup -> MinHash-LSH near-dedup -> decontamination -> PII scrubbing.
 
 Order is cheapest-first so the costly steps see fewer rows. The corpus is streamed in byte ranges, never held in
 memory, and the per-row work runs on the configured executor (inline, local processes, or Dask: tasks/data/executor.py):
-1. scan (per range): quality filters; for survivors an exact-dedup fingerprint, a MinHash signature and the length.
+1. scan (per range): quality filters, then the toxicity filter on their survivors at once; for survivors an exact-dedup fingerprint, a MinHash signature and the length.
 2. driver: exact duplicates by fingerprint; LSH candidate pairs from the signatures.
 3. fetch (per range, only ranges that hold them): shingle sets of the candidates, texts of held-out rows.
 4. driver: exact Jaccard on every candidate, clusters, one kept per cluster; the decontamination index.
@@ -40,6 +40,7 @@ from tasks.data.minhash import (
 from tasks.data.pii import Scrubber
 from tasks.data.quality import quality_reason, trim_leading_replies
 from tasks.data.split import in_test_split
+from tasks.data.toxicity import toxic_replies
 
 
 def _rows(src: str, byte_range: tuple[int, int], cfg: CleanConfig) -> Iterator[tuple[dict, int]]:
@@ -52,14 +53,24 @@ def _rows(src: str, byte_range: tuple[int, int], cfg: CleanConfig) -> Iterator[t
 
 
 def _scan(byte_range: tuple[int, int], *, cfg: CleanConfig, src: str) -> dict:
-    rows, dropped, trimmed, ids, fingerprints, lengths, texts = 0, [], [], [], [], [], []
+    rows, dropped, trimmed, survivors = 0, [], [], []
     for row, n_trimmed in _rows(src, byte_range, cfg):
         rows += 1
         if n_trimmed:
             trimmed.append((row["id"], n_trimmed))
         reason = quality_reason(row["messages"], cfg.quality)
         if reason:
-            dropped.append((row["id"], reason))
+            dropped.append((row["id"], "quality", reason, {}))
+        else:
+            survivors.append(row)
+    clock = time.perf_counter()   # the classifier once per chunk: its cost is per call as much as per reply
+    toxic = (toxic_replies([r["messages"] for r in survivors], cfg.toxicity) if cfg.toxicity.enabled
+             else [None] * len(survivors))
+    toxicity_s = time.perf_counter() - clock
+    ids, fingerprints, lengths, texts = [], [], [], []
+    for row, found in zip(survivors, toxic):
+        if found:
+            dropped.append((row["id"], "toxicity", found[0], {"score": found[1]}))
             continue
         text = conversation_text(row["messages"])
         ids.append(row["id"])
@@ -67,8 +78,8 @@ def _scan(byte_range: tuple[int, int], *, cfg: CleanConfig, src: str) -> dict:
         lengths.append(len(text))
         texts.append(text)
     sig = chunk_signatures(texts, ShingleHasher.configured(cfg.near_dedup), cfg.near_dedup.num_perm)
-    return {"rows": rows, "dropped": dropped, "trimmed": trimmed, "ids": ids, "fingerprints": fingerprints, "lengths": lengths,
-            "signatures": sig}
+    return {"rows": rows, "dropped": dropped, "trimmed": trimmed, "ids": ids, "fingerprints": fingerprints,
+            "lengths": lengths, "signatures": sig, "toxicity_s": toxicity_s}
 
 
 def _fetch(item: tuple[tuple[int, int], set[str], set[str]], *, cfg: CleanConfig, src: str) -> tuple[dict, dict]:
@@ -186,11 +197,12 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
             for row_id, n in scan.pop("trimmed"):
                 log.modify(row_id, "quality", "leading_replies_trimmed", turns=n)
                 rows_trimmed += 1
-            for row_id, reason in scan.pop("dropped"):
-                log.drop(row_id, "quality", reason)
+            for row_id, stage, reason, detail in scan.pop("dropped"):
+                log.drop(row_id, stage, reason, **detail)
                 drops_in[c].add(row_id)
         rows_in = sum(s["rows"] for s in scans)
         timings["scan"], clock = time.perf_counter() - clock, time.perf_counter()
+        timings["toxicity (of scan, summed over workers)"] = sum(s.pop("toxicity_s") for s in scans)
 
         unique, sig = _exact_dedup(scans, cfg.near_dedup.num_perm, log, drops_in)
         del scans
@@ -219,6 +231,7 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
               "rows_pii_scrubbed": log.rows_scrubbed,
               "pii_by_type": dict(log.pii), "near_dup_candidate_pairs": len(near.candidate_jaccards),
               "near_dup_clusters": len(near.cluster_sizes), "decontamination_eval_examples": len(eval_texts),
+              "toxicity": _toxicity_said(cfg.toxicity),
               "executor": f"{cfg.executor.kind} x{cfg.executor.workers}", "chunks": len(ranges),
               "seconds": {k: round(v, 2) for k, v in timings.items()}}
     if counts["rows_in"] != counts["rows_kept"] + counts["rows_dropped"]:
@@ -234,10 +247,18 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
     return counts
 
 
+def _toxicity_said(cfg) -> str:
+    if not cfg.enabled:
+        return "off"
+    terms = "built-in English and Chinese blocklist" + (f" + {cfg.blocklist_file}" if cfg.blocklist_file else "")
+    return f"{terms}, alt-profanity-check >= {cfg.threshold}, on {'/'.join(cfg.roles)} messages"
+
+
 def _markdown(c: dict) -> str:
     lines = ["# Cleaning report", "", f"- rows in: **{c['rows_in']}**", f"- rows kept: **{c['rows_kept']}**",
              f"- rows dropped: **{c['rows_dropped']}**", "", "| dropped because | rows |", "|---|---:|"]
     lines += [f"| {reason} | {n} |" for reason, n in sorted(c["dropped_by_reason"].items())]
+    lines += ["", f"Toxicity filter: {c['toxicity']}."]
     lines += ["", f"Leading replies trimmed (chunk opened mid-answer) in {c['rows_leading_replies_trimmed']} rows.",
               "", f"PII scrubbed in {c['rows_pii_scrubbed']} kept conversations:", "", "| type | replaced |",
               "|---|---:|"]
