@@ -125,9 +125,21 @@ class ToxicityConfig(_Section):
     roles: list[Literal["system", "user", "assistant"]] = ["assistant"]   # whose messages are judged
 
 
+class PerplexityConfig(_Section):
+    """tasks/data/perplexity.py: each conversation's assistant tokens scored by a small causal LM; the tail above
+    `threshold` (when set) or above the corpus' `percentile` is dropped."""
+    enabled: bool = False                    # off by default: a forward pass per conversation (see params.yaml)
+    model: str = "data/models/base"          # any HF causal LM folder or hub id
+    max_tokens: int = Field(512, ge=8)       # of each conversation, from its start, in the model's chat template
+    batch_size: int = Field(8, ge=1)
+    percentile: float = Field(98, gt=0, le=100)
+    threshold: float = Field(0, ge=0)        # 0: the percentile decides
+
+
 class CleanConfig(_Section):
     quality: QualityConfig = QualityConfig()
     toxicity: ToxicityConfig = ToxicityConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     pii: PiiConfig = PiiConfig()

@@ -17,9 +17,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def histogram(values: list[float], path: Path, title: str, xlabel: str, threshold: float | None = None) -> Path:
+def histogram(values: list[float], path: Path, title: str, xlabel: str, threshold: float | None = None,
+              bins_range: tuple[float, float] | None = (0, 1)) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(values, bins=40, range=(0, 1), color="#4c72b0")
+    ax.hist(values, bins=40, range=bins_range, color="#4c72b0")
     if threshold is not None:
         ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold}")
         ax.legend()

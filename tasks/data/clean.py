@@ -1,11 +1,13 @@
-"""Stage 3: quality and toxicity filters -> exact dedup -> MinHash-LSH near-dedup -> decontamination -> PII scrubbing.
+"""Stage 3: quality and toxicity filters -> exact dedup -> MinHash-LSH near-dedup -> (perplexity filter) ->
+decontamination -> PII scrubbing.
 
 Order is cheapest-first so the costly steps see fewer rows. The corpus is streamed in byte ranges, never held in
 memory, and the per-row work runs on the configured executor (inline, local processes, or Dask: tasks/data/executor.py):
 1. scan (per range): quality filters, then the toxicity filter on their survivors at once; for survivors an exact-dedup fingerprint, a MinHash signature and the length.
 2. driver: exact duplicates by fingerprint; LSH candidate pairs from the signatures.
 3. fetch (per range, only ranges that hold them): shingle sets of the candidates, texts of held-out rows.
-4. driver: exact Jaccard on every candidate, clusters, one kept per cluster; the decontamination index.
+4. driver: exact Jaccard on every candidate, clusters, one kept per cluster; the decontamination index. With
+   clean.perplexity on, the survivors are scored in the workers and the tail above the cutoff dropped.
 5. finish (per range): decontaminate training rows, scrub PII, return what is kept.
 Only signatures (512 bytes a row at 128 permutations), candidates and held-out texts ever sit in the driver.
 Every dropped or modified row goes to the audit file with its stage and reason (ids, counts and scores, never raw
@@ -14,6 +16,7 @@ text), and the report's counts reconcile exactly: rows_in = rows_kept + sum(drop
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -40,6 +43,7 @@ from tasks.data.minhash import (
 from tasks.data.pii import Scrubber
 from tasks.data.quality import quality_reason, trim_leading_replies
 from tasks.data.split import in_test_split
+from tasks.data.perplexity import cutoff, reply_perplexities
 from tasks.data.toxicity import toxic_replies
 
 
@@ -183,6 +187,26 @@ def _near_dedup(pool, cfg: CleanConfig, src: str, ranges: list, unique: list, si
     return near, list(held_out.values())
 
 
+def _score(item: tuple[tuple[int, int], set[str]], *, cfg: CleanConfig, src: str) -> list[tuple[str, float]]:
+    byte_range, drop = item
+    rows = [row for row, _ in _rows(src, byte_range, cfg) if row["id"] not in drop]
+    return list(zip([r["id"] for r in rows], reply_perplexities([r["messages"] for r in rows], cfg.perplexity)))
+
+
+def _perplexity_filter(pool, cfg: CleanConfig, src: str, ranges: list, log: _Audit, drops_in: dict) -> list[float]:
+    """The rows every earlier step kept, scored in the workers; the tail above the cutoff dropped. Returns the
+    scores (for the histogram)."""
+    items = [(r, drops_in[c]) for c, r in enumerate(ranges)]
+    parts = list(tqdm(pool.map(_score, items, cfg=cfg, src=src), total=len(items), desc="clean: perplexity"))
+    limit = cutoff([s for part in parts for _, s in part], cfg.perplexity)
+    for c, part in enumerate(parts):
+        for row_id, score in part:
+            if score > limit:
+                log.drop(row_id, "perplexity", "high_perplexity", perplexity=round(score, 2), cutoff=round(limit, 2))
+                drops_in[c].add(row_id)
+    return [s for part in parts for _, s in part]
+
+
 def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean, audit: Path = Paths.audit,
           report: Path = Paths.clean_report, report_md: Path = Paths.clean_report_md,
           plots_dir: Path = Paths.clean_plots, held_out_fraction: float = DatasetsConfig().test_fraction) -> dict:
@@ -210,6 +234,9 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
         near, held_out = _near_dedup(pool, cfg, src, ranges, unique, sig, held_out_fraction, log, drops_in)
         del unique, sig
         timings["near_dedup"], clock = time.perf_counter() - clock, time.perf_counter()
+        perplexities = _perplexity_filter(pool, cfg, src, ranges, log, drops_in) if cfg.perplexity.enabled else []
+        if perplexities:
+            timings["perplexity"], clock = time.perf_counter() - clock, time.perf_counter()
 
         eval_texts = held_out + [t for path in cfg.decontamination.eval_sets for t in eval_texts_from(path)]
         decontaminator = Decontaminator(eval_texts, cfg.decontamination) if eval_texts else None
@@ -241,6 +268,9 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
                     "Verified Jaccard of LSH candidate pairs", "Jaccard similarity", cfg.near_dedup.threshold)
     plots.bars({str(size): n for size, n in sorted(Counter(near.cluster_sizes).items())},
                plots_dir / "cluster_sizes.png", "Near-duplicate clusters by size (members)", "clusters")
+    if perplexities:
+        plots.histogram([math.log10(s) for s in perplexities if s == s], plots_dir / "perplexity.png",
+                        f"Reply perplexity under {cfg.perplexity.model}", "log10 perplexity", bins_range=None)
     plots.bars(dict(log.pii), plots_dir / "pii_by_type.png", "PII replaced, by type")
     plots.bars(dict(log.dropped), plots_dir / "dropped_by_reason.png", "Rows dropped, by reason", "rows")
     report_md.write_text(_markdown(counts))

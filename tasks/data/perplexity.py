@@ -1,0 +1,71 @@
+"""Perplexity filter: score each conversation's assistant replies with a small causal LM and drop the worst tail.
+
+The data chapters this pipeline follows score documents with a small LM (CCNet buckets by KenLM perplexity) and drop
+the low-quality tail: garbled text, boilerplate dumps, machine-translated soup score far above fluent replies. Here
+the LM is the base model by default (any HF causal LM folder or id): it scores what it will be trained on, in its
+own chat template, so a reply is judged in its conversation. The cost is a forward pass per conversation, so the
+clean stage runs it last among the filters (after dedup and decontamination) in its workers, and it is off by
+default on a 2-core CPU (measured in the clean report's seconds; see params.yaml).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from tasks.config import PerplexityConfig
+
+
+@lru_cache(maxsize=1)
+def _model(name: str):
+    """The scoring model and tokenizer, once per worker process (fp32: the same figure on every CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)   # one per worker: the executor's processes share the cores
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval(), tokenizer
+
+
+def _reply_tokens(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], list[int]]:
+    """The conversation's first `max_tokens` tokens in the chat template, and which of them are assistant text
+    (the template's generation markers; every token after the first one when it has none)."""
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, mask = enc["input_ids"][:max_tokens], enc.get("assistant_masks") or []
+    mask = mask[:max_tokens] if any(mask) else [0] + [1] * (len(ids) - 1)
+    return ids, mask
+
+
+def reply_perplexities(conversations: list[list[dict]], cfg: PerplexityConfig) -> list[float]:
+    """Per conversation, the perplexity of its assistant tokens given everything before them; batched, padded
+    on the right, cfg.batch_size at a time. NaN for a conversation with no scored token."""
+    import torch
+
+    model, tokenizer = _model(cfg.model)
+    encoded = [_reply_tokens(tokenizer, m, cfg.max_tokens) for m in conversations]
+    scores = []
+    for start in range(0, len(encoded), cfg.batch_size):
+        batch = encoded[start:start + cfg.batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i, _ in batch])
+        scored = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], dtype=torch.bool)
+        attention = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        target = scored[:, 1:]
+        for row_nll, row_mask in zip(nll, target):
+            n = int(row_mask.sum())
+            scores.append(math.exp(float(row_nll[row_mask].sum()) / n) if n else float("nan"))
+    return scores
+
+
+def cutoff(scores: list[float], cfg: PerplexityConfig) -> float:
+    """The perplexity above which a conversation is dropped: cfg.threshold, or the cfg.percentile of `scores`."""
+    if cfg.threshold:
+        return cfg.threshold
+    finite = sorted(s for s in scores if s == s)
+    if not finite:
+        return math.inf
+    return finite[min(len(finite) - 1, math.ceil(cfg.percentile / 100 * len(finite)) - 1)]
