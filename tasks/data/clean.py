@@ -226,7 +226,7 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
                 drops_in[c].add(row_id)
         rows_in = sum(s["rows"] for s in scans)
         timings["scan"], clock = time.perf_counter() - clock, time.perf_counter()
-        timings["toxicity (of scan, summed over workers)"] = sum(s.pop("toxicity_s") for s in scans)
+        timings["toxicity_cpu_in_scan"] = sum(s.pop("toxicity_s") for s in scans)   # summed over workers
 
         unique, sig = _exact_dedup(scans, cfg.near_dedup.num_perm, log, drops_in)
         del scans
