@@ -9,7 +9,10 @@ unloaded once drained.
 On a CPU host the two servers take turns on two halves of the cores (`cpu_slot`). vLLM pins its worker's OpenMP
 threads, by default to the same core in every server: measured on a 2-core EPYC, a second server's worker started
 beside a loaded first one got no CPU at all and was not healthy after 300 s; bound to the other core it was healthy
-in 62 s while the first answered 262 requests meanwhile.
+in 62 s while the first answered 262 requests meanwhile. Servers start their engine processes with `spawn`
+(`VLLM_WORKER_MULTIPROC_METHOD` in deploy.env): with vLLM's default `fork`, a second server started beside a loaded
+one stalled before its EngineCore printed a line, in 1 of 4 swap tests last time and 2 of 2 attempts once (a fork
+of a process whose threads hold locks); with spawn the same test passed at once (185 s instead of failing at 792 s).
 """
 from __future__ import annotations
 
