@@ -53,22 +53,30 @@ def untrained_adapter(base_model_dir, tmp_path_factory):
     return adapter
 
 
-@pytest.fixture(scope="session")
-def noisy_adapter(untrained_adapter, tmp_path_factory):
-    """The untrained adapter with noise on its B matrices: another model's answers, in the same shape."""
+def noisy_copy(src: Path, dest: Path, weights: str, picked: str, noise) -> Path:
+    """A copy of the model or adapter folder `src` whose tensors with `picked` in their name become
+    `noise(tensor, generator)` (seeded): it loads like the original and answers otherwise."""
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    adapter = tmp_path_factory.mktemp("noisy") / "adapter"
-    shutil.copytree(untrained_adapter, adapter)
-    tensors = load_file(adapter / "adapter_model.safetensors")
+    shutil.copytree(src, dest)
+    tensors = load_file(dest / weights)
     gen = torch.Generator().manual_seed(0)
-    for key in [k for k in tensors if "lora_B" in k]:
-        tensors[key] = 0.2 * torch.randn(tensors[key].shape, generator=gen, dtype=tensors[key].dtype)
-    save_file(tensors, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
-    return adapter
+    for key in [k for k in tensors if picked in k]:
+        tensors[key] = noise(tensors[key], gen)
+    save_file(tensors, dest / weights, metadata={"format": "pt"})
+    return dest
+
+
+@pytest.fixture(scope="session")
+def noisy_adapter(untrained_adapter, tmp_path_factory):
+    """The untrained adapter with noise on its B matrices: another model's answers, in the same shape."""
+    import torch
+
+    return noisy_copy(untrained_adapter, tmp_path_factory.mktemp("noisy") / "adapter", "adapter_model.safetensors",
+                      "lora_B", lambda t, gen: 0.2 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
 
 
 def conversation(user: str, assistant: str, cid: str) -> dict:

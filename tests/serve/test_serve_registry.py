@@ -20,7 +20,7 @@ import yaml
 
 from tasks import tracking
 from tasks.config import TrackingConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, noisy_copy
 
 pytestmark = pytest.mark.slow
 NAME = "smollm2-sharegpt"
@@ -59,20 +59,12 @@ def test_nothing_registered_says_what_to_do(project):
 @pytest.fixture(scope="module")
 def other_model(base_model_dir, tmp_path_factory):
     """The base model with noise on its MLP weights: loads and answers like a model, but not the base's answer."""
-    import shutil
-
     import torch
-    from safetensors.torch import load_file, save_file
 
-    out = tmp_path_factory.mktemp("other") / "model"
-    shutil.copytree(base_model_dir, out)
-    tensors = load_file(out / "model.safetensors")
-    gen = torch.Generator().manual_seed(0)
-    for key in [k for k in tensors if ".mlp." in k]:
-        t = tensors[key].float()
-        tensors[key] = (t + 0.3 * t.std() * torch.randn(t.shape, generator=gen)).to(tensors[key].dtype)
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    return out
+    def noise(t, gen):
+        return (t.float() + 0.3 * t.float().std() * torch.randn(t.shape, generator=gen)).to(t.dtype)
+
+    return noisy_copy(base_model_dir, tmp_path_factory.mktemp("other") / "model", "model.safetensors", ".mlp.", noise)
 
 
 def chat(url: str, **extra) -> tuple[int, str, str]:
