@@ -371,7 +371,8 @@ class Paths:
     registry_report = data / "registry" / "registration.json"
     run_report = data / "registry" / "report.md"
     vs_champion_plot = data / "registry" / "vs_champion.png"
-    stage_metrics = data / "metrics"   # one JSON of metrics per stage, read back by the run report
+    stage_results = data / "stages"    # everything each stage returned, read back by the run report and register
+    stage_metrics = data / "metrics"   # each stage's few headline numbers: DVC metrics
 
 
 TELEMETRY_OFF = {

@@ -1,7 +1,9 @@
 """The pipeline's stages in order, and the one runner that both the Prefect flow and `dvc repro` go through.
 
 Each stage is its plain function (tasks/<phase>/<stage>.py) bound to its config section. The runner opens the stage's MLflow
-run, times it, logs results and artifacts, and writes data/metrics/<stage>.json (DVC metrics).
+run, times it, logs results and artifacts, writes everything it returned to data/stages/<stage>.json and its few
+headline numbers to data/metrics/<stage>.json (DVC metrics: `dvc metrics show/diff` stay readable), and puts the
+headline on the pipeline's parent run too, where the MLflow UI compares pipeline runs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class Stage:
     artifacts: tuple[Path, ...] = field(default=())   # small outputs worth seeing in the MLflow UI
     retries: int = 0                                  # where a retry helps (a server that failed to start)
     report: Path | None = None                        # its human-readable markdown, shown as a Prefect artifact
+    headline: tuple[str, ...] = ("duration_s",)       # its figures worth comparing across runs (flattened keys)
 
 
 def _base_model(cfg):
@@ -87,19 +90,31 @@ def _register(cfg):
 
 
 STAGES = [
-    Stage("base_model", _base_model, ("base_model",), (Paths.base_model / "config.json",)),
-    Stage("ingest", _ingest, ("ingest",), (Paths.ingest_report,)),
+    Stage("base_model", _base_model, ("base_model",), (Paths.base_model / "config.json",),
+          headline=("parameters", "checkpoint_mb", "duration_s")),
+    Stage("ingest", _ingest, ("ingest",), (Paths.ingest_report,),
+          headline=("rows_in", "rows_kept", "rows_quarantined", "duration_s")),
     Stage("clean", _clean, ("clean",), (Paths.clean_report, Paths.clean_report_md, Paths.clean_plots),
-          report=Paths.clean_report_md),
-    Stage("datasets", _datasets, ("datasets", "runtime"), (Paths.sft_test, Paths.pref_prompts_test)),
-    Stage("sft", _sft, ("sft",), (Paths.sft_adapter,)),
-    Stage("pairs", _pairs, ("pairs", "runtime"), (Paths.pref_test,)),
-    Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,)),
-    Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json", Paths.quantized / BASE_FILE)),
-    Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1),
-    Stage("evaluate", _evaluate, ("evaluate", "tracking"), (Paths.eval_dir,), retries=1),
+          report=Paths.clean_report_md,
+          headline=("rows_in", "rows_kept", "rows_dropped", "rows_pii_scrubbed", "duration_s")),
+    Stage("datasets", _datasets, ("datasets", "runtime"), (Paths.sft_test, Paths.pref_prompts_test),
+          headline=("sft_train", "sft_test", "pref_prompts_train", "pref_prompts_test")),
+    Stage("sft", _sft, ("sft",), (Paths.sft_adapter,),
+          headline=("train_loss", "eval_loss", "tokens_per_s", "duration_s")),
+    Stage("pairs", _pairs, ("pairs", "runtime"), (Paths.pref_test,), headline=("pref_train", "duration_s")),
+    Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,),
+          headline=("train_loss", "last_reward_accuracy", "tokens_per_s", "duration_s")),
+    Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json", Paths.quantized / BASE_FILE),
+          headline=("quantized_mb", "ppl_ratio", "duration_s")),
+    Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1,
+          headline=("startup_s", "smoke_latency_s")),
+    Stage("evaluate", _evaluate, ("evaluate", "tracking"), (Paths.eval_dir,), retries=1,
+          headline=("ppl.base", "ppl.sft", "ppl.dpo", "ppl.served", "pref_accuracy", "judge.win_rate",
+                    "rag.semantic_similarity", "rag.answer_relevancy", "rag.faithfulness", "rag.recall_at_k",
+                    "benchmark_acc", "rouge_l", "serving.ttft_median_ms", "serving.tpot_median_ms",
+                    "canaries.exposed", "duration_s")),
     Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report, Paths.vs_champion_plot),
-          report=Paths.run_report),
+          report=Paths.run_report, headline=("promoted", "version", "gates_failed", "gates_skipped")),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 
@@ -109,6 +124,9 @@ def run_stage(cfg: Config, stage: Stage, parent_id: str) -> dict:
         t0 = time.monotonic()
         metrics = stage.run(cfg)
         metrics["duration_s"] = round(time.monotonic() - t0, 1)
-        write_json(Paths.stage_metrics / f"{stage.name}.json", metrics)
+        write_json(Paths.stage_results / f"{stage.name}.json", metrics)
+        headline = tracking.headline(metrics, stage.headline)
+        write_json(Paths.stage_metrics / f"{stage.name}.json", headline)
         tracking.log_results(metrics, list(stage.artifacts))
+        tracking.log_to_parent(parent_id, stage.name, headline, metrics)
     return metrics

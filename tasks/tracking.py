@@ -2,15 +2,19 @@
 
 Run tree: one parent run per pipeline run, one nested run per stage. The Prefect flow creates the parent and passes it
 down. `dvc repro` runs each stage as its own process, so there the parent is found again by a key (git commit + the
-bytes of params.yaml): stages run for the same code and settings land under the same parent, and a resumed
-`dvc repro` continues the parent it started.
+bytes of params.yaml + the DVC experiment's name): stages run for the same code and settings land under the same
+parent, and a resumed `dvc repro` continues the parent it started. `dvc exp run` gets a parent named after its
+experiment. The parent carries every setting as a param and each stage's headline figures as metrics, so comparing
+pipeline runs in the MLflow UI compares what differed and what came of it.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,10 +39,14 @@ def configure(cfg: TrackingConfig) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        artifacts = Path(cfg.artifact_root).resolve()
-        artifacts.mkdir(parents=True, exist_ok=True)
+        # a tracking server (team mode, infra/team.sh) keeps artifacts where its --artifacts-destination says
+        location = None
+        if not uri.startswith(("http://", "https://")):
+            artifacts = Path(cfg.artifact_root).resolve()
+            artifacts.mkdir(parents=True, exist_ok=True)
+            location = artifacts.as_uri()
         # the UI then opens on runs, metrics and models (its fine-tuning view), not on GenAI traces
-        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri(),
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=location,
                                           tags={"mlflow.experimentKind": "finetuning"})
     else:
         exp_id = experiment.experiment_id
@@ -54,9 +62,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def params_hash(params_file: Path = Path("params.yaml")) -> str:
+    return hashlib.sha1(params_file.read_bytes() if params_file.exists() else b"").hexdigest()[:16]
+
+
 def _pipeline_key(params_file: Path) -> str:
-    blob = git_commit().encode() + (params_file.read_bytes() if params_file.exists() else b"")
-    return hashlib.sha1(blob).hexdigest()[:16]
+    blob = f"{git_commit()} {params_hash(params_file)} {os.environ.get('DVC_EXP_NAME', '')}"
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.yaml")) -> str:
@@ -71,9 +83,11 @@ def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:
             return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"pipeline-{launcher}", tags={
-        "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(), **hardware_tags(),
-        **owner_tags()})
+    experiment = os.environ.get("DVC_EXP_NAME")   # set by `dvc exp run` for its stages
+    run = client.create_run(exp_id, run_name=f"exp {experiment}" if experiment else f"pipeline-{launcher}", tags={
+        "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(),
+        "params.hash": params_hash(params_file), **({"dvc.experiment": experiment} if experiment else {}),
+        **hardware_tags(), **owner_tags()})
     for section, values in cfg.model_dump().items():
         for name, value in _flatten(values).items():
             client.log_param(run.info.run_id, f"{section}.{name}", value)
@@ -125,13 +139,37 @@ def active() -> bool:
     return mlflow.active_run() is not None
 
 
+def data_versions(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+    """md5 of every data output dvc.lock records (`dvc.md5.<path>`): which data a registered model came from."""
+    if not lock_file.exists():
+        return {}
+    return {f"dvc.md5.{out['path']}": out["md5"] for entry in (yaml.safe_load(lock_file.read_text()) or {})
+            .get("stages", {}).values() for out in entry.get("outs", []) if out.get("md5")}
+
+
+def _log_inputs(hashes: dict[str, str]) -> None:
+    """Each DVC input as an MLflow dataset (the run's Datasets column): its path as source, its DVC md5 as digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():   # "can be interpreted in multiple ways": two local sources of the same class
+        warnings.simplefilter("ignore", UserWarning)
+        datasets = [MetaDataset(resolve_dataset_source(key.removeprefix("dvc.input.")),
+                                name=key.removeprefix("dvc.input."), digest=md5[:36])
+                    for key, md5 in hashes.items() if md5]
+    if datasets:
+        mlflow.log_inputs(datasets, contexts=["input"] * len(datasets), tags_list=[None] * len(datasets))
+
+
 @contextmanager
 def stage_run(cfg: Config, stage: str, parent_id: str, sections: tuple[str, ...]) -> Iterator[str]:
-    """A nested MLflow run for one stage, with its settings as params, git/DVC lineage and the CPU as tags."""
+    """A nested MLflow run for one stage, with its settings as params, git/DVC lineage and the CPU as tags, and its
+    DVC inputs as MLflow datasets."""
     configure(cfg.tracking)
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id) as run:
-        mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **dvc_hashes(stage), **hardware_tags(),
-                         **owner_tags()})
+        hashes = dvc_hashes(stage)
+        mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **hashes, **hardware_tags(), **owner_tags()})
+        _log_inputs(hashes)
         for section in sections:
             mlflow.log_params({f"params.{section}.{k}": v
                                for k, v in _flatten(getattr(cfg, section).model_dump()).items()})
@@ -151,11 +189,32 @@ def log_results(metrics: dict, artifacts: list[Path]) -> None:
             mlflow.log_artifact(str(path))
 
 
+def headline(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
+    """The named figures of a stage's results (flattened keys), those that are numbers: DVC metrics and the parent's."""
+    flat = _flatten(metrics)
+    return {k: round(float(flat[k]), 4) for k in keys if isinstance(flat.get(k), (int, float))
+            and not math.isnan(flat[k])}
+
+
+def log_to_parent(parent_id: str, stage: str, figures: dict[str, float], metrics: dict) -> None:
+    """A stage's headline on the pipeline's parent run as `<stage>.<figure>`, and the registry alias it earned as the
+    `alias` tag: the MLflow UI's run comparison then lines pipeline runs up on the figures that matter."""
+    client = MlflowClient()
+    for name, value in figures.items():
+        client.log_metric(parent_id, f"{stage}.{name}", value)
+    if "alias" in metrics:
+        client.set_tag(parent_id, "alias", metrics["alias"])
+
+
 def register_model(name: str, model_dir: Path, alias: str, description: str,
                    tags: dict[str, str] | None = None) -> dict:
-    """Log the served model folder to the current run, create a registry version from it and point `alias` at it."""
+    """Log the served model folder to the current run, create a registry version from it and point `alias` at it.
+    The version's tags say what made it: git commit, params hash, pipeline run, and the md5 of every DVC output."""
     mlflow.log_artifacts(str(model_dir), artifact_path="model")
     run = mlflow.active_run()
+    parent = mlflow.get_run(run.info.run_id).data.tags.get("mlflow.parentRunId", "")
+    tags = {"git.commit": git_commit(), "params.hash": params_hash(), "pipeline.run_id": parent, **data_versions(),
+            **(tags or {})}
     client = MlflowClient()
     try:
         client.get_registered_model(name)

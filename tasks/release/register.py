@@ -112,8 +112,20 @@ def _judge_gate(cfg: GatesConfig, judge: dict | None) -> list[dict]:
     return [_gate(name, judge["win_rate"], ">=", 0.5 - cfg.vs_champion.max_judge_win_rate_drop) | row]
 
 
+SUMMARY = {"eval.ppl_served": ("ppl", "served"), "eval.judge_win_rate": ("judge", "win_rate"),
+           "eval.rag_similarity": ("rag", "semantic_similarity"), "eval.benchmark_acc": ("benchmark_acc",),
+           "eval.rouge_l": ("rouge_l",), "eval.ttft_ms": ("serving", "ttft_median_ms"),
+           "eval.tpot_ms": ("serving", "tpot_median_ms")}
+
+
+def eval_summary(metrics: dict) -> dict[str, str]:
+    """The evaluation's headline as registry-version tags: the registry alone says how good a version was."""
+    found = {tag: _at(metrics, path) for tag, path in SUMMARY.items()}
+    return {tag: str(value) for tag, value in found.items() if value is not _ABSENT and value is not None}
+
+
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
-             quantize_metrics: Path = Paths.stage_metrics / "quantize.json", deploy_report: Path = Paths.deploy_report,
+             quantize_metrics: Path = Paths.stage_results / "quantize.json", deploy_report: Path = Paths.deploy_report,
              out: Path = Paths.registry_report, report_md: Path = Paths.run_report,
              plot: Path = Paths.vs_champion_plot, stage_order: Sequence[str] = (), canaries: list[Canary] = (),
              scanned: Sequence[Path] = SCANNED) -> dict:
@@ -143,12 +155,13 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     result = {"alias": alias, "why": why, "gates": gates, "compared_with": measured,
               "champion_before": current["version"] if current else None}
     if tracking.active():
-        tags = {"gates": "failed" if failed else "passed", "failed_gates": ", ".join(failed)[:500]}
+        tags = {"gates": "failed" if failed else "passed", "failed_gates": ", ".join(failed)[:500],
+                **eval_summary(metrics)}
         tags |= {"compared_with_champion": str(current["version"])} if current else {}
         if alias == "champion":   # the audit trail `promote`/`rollback` continue; previous_champion: the rollback
             tags |= audit_tags("register", "all gates passed", current and current["version"])
         result |= tracking.register_model(model_name, model_dir, alias, why, tags)
     write_json(out, result)
     report_md.write_text(run_report(result, metrics | {"quantization": quantization}, deployment, stage_order))
-    return {"alias": alias, "gates_passed": len(gates) - len(failed) - len(skipped), "gates_failed": len(failed),
+    return {"alias": alias, "promoted": int(alias == "champion"), "gates_passed": len(gates) - len(failed) - len(skipped), "gates_failed": len(failed),
             "gates_skipped": len(skipped), "version": result.get("version", 0)}

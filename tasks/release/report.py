@@ -9,10 +9,10 @@ from tasks.config import Paths
 
 def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Sequence[str] = ()) -> str:
     """The verdict and the gates first, then the model, serving, data and stage-time figures behind them."""
-    timed = [(name, Paths.stage_metrics / f"{name}.json") for name in stage_order if name != "register"]
+    timed = [(name, Paths.stage_results / f"{name}.json") for name in stage_order if name != "register"]
     stage_times = {name: json.loads(path.read_text()).get("duration_s") for name, path in timed if path.exists()}
     clean = json.loads(Paths.clean_report.read_text()) if Paths.clean_report.exists() else {}
-    pairs_file = Paths.stage_metrics / "pairs.json"
+    pairs_file = Paths.stage_results / "pairs.json"
     pairs = json.loads(pairs_file.read_text()) if pairs_file.exists() else {}
     lines = [f"# Run report: **{result['alias']}**", "", f"Verdict: {result['why']}.", ""]
     if "version" in result:

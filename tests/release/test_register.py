@@ -72,9 +72,12 @@ def test_candidate_worse_than_the_champion_stays_challenger(store):
     client = MlflowClient()
     assert int(client.get_model_version_by_alias("m", "champion").version) == 1   # the alias did not move
     assert int(client.get_model_version_by_alias("m", "challenger").version) == 2
-    assert client.get_model_version("m", "2").tags == {
+    tags = client.get_model_version("m", "2").tags
+    assert {k: tags[k] for k in ("gates", "failed_gates", "compared_with_champion")} == {
         "gates": "failed", "failed_gates": "served ppl vs champion, TPOT p50 ms vs champion",
         "compared_with_champion": "1"}
+    assert tags["eval.ppl_served"] == "9.9" and tags["eval.tpot_ms"] == "45"   # how good, from the registry alone
+    assert tags["git.commit"] and tags["params.hash"]
     report = (store / "report.md").read_text()
     assert "| served ppl | 9.9 | 9.5 | 1.0421 | <= 1.02 | **no** |" in report
     assert "| ROUGE-L | 0.2 | 0.2 | 0.0 | >= -0.02 | yes |" in report
