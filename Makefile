@@ -10,7 +10,8 @@ pipeline: setup   ## the whole pipeline on params.yaml through the Prefect flow 
 repro: setup      ## the same stages through DVC
 	dvc repro
 
-test: setup       ## the test suite
+test: setup       ## the test suite (installs Debian's chromium and postgresql first, for the UI and team-mode tests)
+	bash infra/system_deps.sh
 	python -m pytest -q tests
 
 bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio, toxicity on a labelled set (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min), int8 weights/activations/SmoothQuant vs the merged model (~4 min, after make pipeline)

@@ -84,7 +84,9 @@ def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.
         if found:
             return found[0].info.run_id
     experiment = os.environ.get("DVC_EXP_NAME")   # set by `dvc exp run` for its stages
-    run = client.create_run(exp_id, run_name=f"exp {experiment}" if experiment else f"pipeline-{launcher}", tags={
+    # a name that tells runs apart in the UI's compare view: the experiment, or the launcher and the params' hash
+    name = f"exp {experiment}" if experiment else f"pipeline-{launcher} {params_hash(params_file)[:8]}"
+    run = client.create_run(exp_id, run_name=name, tags={
         "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(),
         "params.hash": params_hash(params_file), **({"dvc.experiment": experiment} if experiment else {}),
         **hardware_tags(), **owner_tags()})
@@ -192,8 +194,8 @@ def log_results(metrics: dict, artifacts: list[Path]) -> None:
 def headline(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
     """The named figures of a stage's results (flattened keys), those that are numbers: DVC metrics and the parent's."""
     flat = _flatten(metrics)
-    return {k: round(float(flat[k]), 4) for k in keys if isinstance(flat.get(k), (int, float))
-            and not math.isnan(flat[k])}
+    return {k: round(flat[k], 4) if isinstance(flat[k], float) else int(flat[k]) for k in keys
+            if isinstance(flat.get(k), (int, float)) and not math.isnan(flat[k])}
 
 
 def log_to_parent(parent_id: str, stage: str, figures: dict[str, float], metrics: dict) -> None:
