@@ -1,4 +1,4 @@
-.PHONY: setup pipeline repro test bench serve mlflow-ui prefect-server schedule
+.PHONY: setup pipeline repro test bench serve mlflow-ui prefect-server schedule retrain-check push
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 setup:            ## both environments (idempotent)
@@ -7,8 +7,9 @@ setup:            ## both environments (idempotent)
 pipeline: setup   ## the whole pipeline on params.yaml through the Prefect flow (skips stages DVC says are up to date)
 	python -m flows.pipeline
 
-repro: setup      ## the same stages through DVC
+repro: setup      ## the same stages through DVC, then the scrubbed outputs to the DVC remote
 	dvc repro
+	python -m tasks.ops.remote
 
 test: setup       ## the test suite (installs Debian's chromium and postgresql first, for the UI and team-mode tests)
 	bash infra/system_deps.sh
@@ -32,3 +33,9 @@ prefect-server:   ## optional Prefect UI at http://127.0.0.1:4200 (the flow runs
 
 schedule: setup   ## stay up and run the flow nightly at 03:00
 	python -m flows.pipeline --serve "0 3 * * *"
+
+retrain-check: setup  ## which stages are stale against dvc.lock, and why: the decision CI takes (ARGS="sft": that stage and its upstream); exit 0 nothing to do, 1 stages to run, 2 cannot tell (make reports 1 and 2 as its own 2)
+	python -m tasks retrain-check $(ARGS)
+
+push: setup       ## the scrubbed outputs to the DVC remote (.dvc/config); ARGS=--include-raw adds data/ingested, the raw corpus with its PII
+	python -m tasks.ops.remote $(ARGS)

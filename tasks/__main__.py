@@ -1,6 +1,7 @@
 """`python -m tasks STAGE [--params params.yaml]`: run one stage, as `dvc repro` does (see dvc.yaml).
 
 `python -m tasks promote VERSION` and `python -m tasks rollback` move `@champion` by hand (tasks/release/promote.py).
+`python -m tasks retrain-check` says which stages are stale and why (tasks/ops/retrain_check.py).
 
 Also the entry point under `accelerate launch --config_file infra/accelerate/<fsdp|deepspeed_zero3>.yaml -m tasks sft`.
 """
@@ -18,6 +19,9 @@ def main() -> None:
     if sys.argv[1:2] in (["promote"], ["rollback"]):
         from tasks.release.promote import main as move_champion
         sys.exit(move_champion(sys.argv[1], sys.argv[2:]))
+    if sys.argv[1:2] == ["retrain-check"]:
+        from tasks.ops.retrain_check import main as retrain_check
+        sys.exit(retrain_check(sys.argv[2:]))
     from tasks.stages import BY_NAME
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -1,0 +1,1 @@
+"""How a team operates the pipeline: lineage of a registered model, the retraining decision, the DVC remote."""
