@@ -1,7 +1,8 @@
 """`python -m tasks STAGE [--params params.yaml]`: run one stage, as `dvc repro` does (see dvc.yaml).
 
 `python -m tasks promote VERSION` and `python -m tasks rollback` move `@champion` by hand (tasks/release/promote.py).
-`python -m tasks retrain-check` says which stages are stale and why (tasks/ops/retrain_check.py).
+`python -m tasks lineage [models:/NAME@champion | VERSION] [--check]` prints what made a registered model
+(tasks/ops/lineage.py); `python -m tasks retrain-check` says which stages are stale and why (tasks/ops/retrain_check.py).
 
 Also the entry point under `accelerate launch --config_file infra/accelerate/<fsdp|deepspeed_zero3>.yaml -m tasks sft`.
 """
@@ -19,6 +20,9 @@ def main() -> None:
     if sys.argv[1:2] in (["promote"], ["rollback"]):
         from tasks.release.promote import main as move_champion
         sys.exit(move_champion(sys.argv[1], sys.argv[2:]))
+    if sys.argv[1:2] == ["lineage"]:
+        from tasks.ops.lineage import main as lineage
+        sys.exit(lineage(sys.argv[2:]))
     if sys.argv[1:2] == ["retrain-check"]:
         from tasks.ops.retrain_check import main as retrain_check
         sys.exit(retrain_check(sys.argv[2:]))
