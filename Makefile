@@ -1,5 +1,7 @@
-.PHONY: setup pipeline repro test bench serve mlflow-ui prefect-server schedule retrain-check push
+.PHONY: setup pipeline repro test bench serve mlflow-ui prefect-server deploy worker schedule retrain-check push team-up \
+        team-down
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
+PREFECT_API_URL ?= http://127.0.0.1:4200/api
 
 setup:            ## both environments (idempotent)
 	bash infra/setup.sh
@@ -28,14 +30,25 @@ serve: setup      ## the registry's @champion at 127.0.0.1:8000, following promo
 mlflow-ui:        ## browse runs, metrics, artifacts and the registry at http://127.0.0.1:5000
 	bash infra/mlflow_server.sh
 
-prefect-server:   ## optional Prefect UI at http://127.0.0.1:4200 (the flow runs without it)
+prefect-server:   ## the Prefect server and UI at http://127.0.0.1:4200 (the flow also runs without it)
 	prefect server start --host 127.0.0.1
 
-schedule: setup   ## stay up and run the flow nightly at 03:00
-	python -m flows.pipeline --serve "0 3 * * *"
+deploy: setup     ## register prefect.yaml's deployment (nightly 03:00 UTC, one run at a time), its process pool and the crashed-run automation with the server at PREFECT_API_URL
+	PREFECT_API_URL=$(PREFECT_API_URL) bash infra/prefect/deploy.sh
+
+worker: setup     ## run the deployment's flow runs on this machine, as they come due
+	PREFECT_API_URL=$(PREFECT_API_URL) prefect worker start --pool pipeline
+
+schedule: deploy worker  ## deploy, then stay up as the worker that runs the nightly pipeline (needs make prefect-server)
 
 retrain-check: setup  ## which stages are stale against dvc.lock, and why: the decision CI takes (ARGS="sft": that stage and its upstream); exit 0 nothing to do, 1 stages to run, 2 cannot tell (make reports 1 and 2 as its own 2)
 	python -m tasks retrain-check $(ARGS)
 
 push: setup       ## the scrubbed outputs to the DVC remote (.dvc/config); ARGS=--include-raw adds data/ingested, the raw corpus with its PII
 	python -m tasks.ops.remote $(ARGS)
+
+team-up:          ## team mode without Docker: PostgreSQL, MLflow (basic auth) and Prefect on 127.0.0.1 (needs POSTGRES_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY); infra/team.sh env prints the client settings
+	bash infra/team.sh up
+
+team-down:        ## stop what team-up started (the data stays in .team/)
+	bash infra/team.sh down

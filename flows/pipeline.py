@@ -2,14 +2,16 @@
 
 Each stage is one Prefect task around the same runner `dvc repro` uses. DVC stays the judge of what is stale: a stage
 whose deps, params and outs match dvc.lock is skipped, and each finished stage is committed to dvc.lock, so a failed
-run resumes where it stopped and a following `dvc repro` has nothing to do. `--serve` keeps the process up and runs
-the flow on a cron schedule.
+run resumes where it stopped and a following `dvc repro` has nothing to do. A finished run pushes the scrubbed outputs
+to the DVC remote (`--no-push` keeps them here). `--until STAGE` stops after that stage.
+Scheduled runs are the deployment in prefect.yaml, run by a worker (`make deploy`, `make worker`).
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # the ephemeral server's default 20 s start budget runs out on a loaded 2-core CPU; read when prefect is imported
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -19,6 +21,9 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from tasks.config import Config, apply_runtime_env, load_config  # noqa: E402
+
+if TYPE_CHECKING:
+    from tasks.stages import Stage
 
 
 def _dvc_repo():
@@ -31,6 +36,36 @@ def up_to_date(repo, stage: str) -> bool:
     return repo is not None and Path("dvc.lock").exists() and not repo.status(targets=[stage])
 
 
+def stages_until(until: str | None) -> list[Stage]:
+    """The stages in order up to and including `until` (all of them for None): `--until clean` builds the data without
+    training. Those before it still skip when DVC says they are up to date."""
+    from tasks.stages import STAGES
+
+    names = [s.name for s in STAGES]
+    if until is None:
+        return STAGES
+    if until not in names:
+        raise ValueError(f"until={until!r} is not a stage; the stages are {', '.join(names)}")
+    return STAGES[:names.index(until) + 1]
+
+
+def push_to_remote(log) -> None:
+    """The finished run's scrubbed outputs to the DVC remote (tasks/ops/remote.py), for clones to `dvc pull`. A failed
+    push is logged, not raised: the run's outputs are intact here and `make push` sends them later."""
+    from tasks.ops.remote import push_outputs
+
+    try:
+        pushed = push_outputs()
+    except Exception as e:  # noqa: BLE001 - any transport error: the run itself succeeded
+        log.warning("dvc push failed, outputs kept here (`make push` retries): %s", e)
+        return
+    if pushed is None:
+        log.info("no DVC remote in .dvc/config: nothing pushed")
+    else:
+        log.info("pushed %d files to the DVC remote %s (%s); not pushed (raw, PII): %s", pushed.files, pushed.remote,
+                 pushed.url, ", ".join(pushed.not_pushed) or "nothing")
+
+
 @task(cache_policy=NO_CACHE)
 def run_stage_task(stage_name: str, cfg: Config, parent_id: str) -> dict:
     from tasks.stages import BY_NAME, run_stage
@@ -39,18 +74,20 @@ def run_stage_task(stage_name: str, cfg: Config, parent_id: str) -> dict:
 
 
 @flow(name="finetune-pipeline")
-def finetune_pipeline(params_file: str = "params.yaml", force: bool = False) -> dict:
+def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, until: str | None = None,
+                      push: bool = True) -> dict:
+    """Every stage DVC says is stale, in order, up to `until` (a stage name; None: all), as one MLflow pipeline run."""
     cfg = load_config(params_file)   # read once: editing params.yaml mid-run does not change this run
     apply_runtime_env(cfg)
+    stages = stages_until(until)     # a misspelt stage fails before anything runs
     from tasks import tracking
     from tasks.common.vllm_server import kept_servers
-    from tasks.stages import STAGES
 
     log = get_run_logger()
     repo, parent, results = _dvc_repo(), tracking.start_pipeline(cfg, launcher="prefect"), {}
     try:
         with kept_servers():   # one vLLM start per model per flow run: evaluate scores on the server deploy started
-            for stage in STAGES:
+            for stage in stages:
                 if not force and up_to_date(repo, stage.name):
                     log.info("%s: up to date (dvc.lock), skipped", stage.name)
                     continue
@@ -67,6 +104,8 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False) -> 
         tracking.end_pipeline(parent, "FAILED")
         raise
     tracking.end_pipeline(parent)
+    if push and repo is not None:
+        push_to_remote(log)
     return results
 
 
@@ -74,14 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--force", action="store_true", help="run every stage even if DVC says it is up to date")
-    parser.add_argument("--serve", metavar="CRON", help="stay up and run on this cron schedule, e.g. '0 3 * * *'")
+    parser.add_argument("--until", metavar="STAGE", help="stop after this stage, e.g. clean (default: run them all)")
+    parser.add_argument("--no-push", action="store_true", help="keep the outputs here: no `dvc push` after the run")
     args = parser.parse_args()
     apply_runtime_env(load_config(args.params))
-    if args.serve:
-        finetune_pipeline.serve(name="scheduled", cron=args.serve,
-                                parameters={"params_file": args.params, "force": args.force})
-    else:
-        finetune_pipeline(args.params, args.force)
+    finetune_pipeline(args.params, args.force, args.until, push=not args.no_push)
 
 
 if __name__ == "__main__":
