@@ -109,7 +109,8 @@ def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
     assert "sft_adapter/loss_curve.png" in {a.path for a in client.list_artifacts(sft_run, "sft_adapter")}
     inputs = {d.dataset.name: d.dataset for d in by_stage["sft"].inputs.dataset_inputs}   # mlflow.log_input
     assert inputs["data/datasets/sft_train.jsonl"].digest == datasets_md5
-    assert inputs["data/models/base"].digest == next(o["md5"] for o in lock["base_model"]["outs"])
+    assert inputs["data/models/base"].digest == next(o["md5"] for o in lock["base_model"]["outs"]
+                                                        if o["path"] == "data/models/base")
     registration = json.loads((proj / "data/registry/registration.json").read_text())
     version = client.get_model_version_by_alias("smollm2-sharegpt", registration["alias"])
     assert version.run_id == by_stage["register"].info.run_id

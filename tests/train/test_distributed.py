@@ -52,7 +52,7 @@ def test_sft_stage_runs_under_accelerate_launch(name, expected, base_model_dir, 
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("accelerate launch ran past 20 min: a stale torch_extensions lock (see above) is the usual cause")
     assert proc.returncode == 0, stderr[-4000:]
-    metrics = json.loads((tmp_path / "data" / "metrics" / "sft.json").read_text())
+    metrics = json.loads((tmp_path / "data" / "stages" / "sft.json").read_text())
     assert metrics["steps"] == 2 and metrics["distributed"] == expected
     assert (tmp_path / "data" / "models" / "sft_adapter" / "adapter_model.safetensors").exists()
     assert not (tmp_path / ".checkpoints").exists()
