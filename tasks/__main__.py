@@ -13,10 +13,12 @@ import json
 import os
 import sys
 
-from tasks.config import apply_runtime_env, load_config
+from tasks.config import TELEMETRY_OFF, apply_runtime_env, load_config
 
 
 def main() -> None:
+    for key, value in TELEMETRY_OFF.items():   # before any command imports mlflow, dvc or transformers
+        os.environ.setdefault(key, value)
     if sys.argv[1:2] in (["promote"], ["rollback"]):
         from tasks.release.promote import main as move_champion
         sys.exit(move_champion(sys.argv[1], sys.argv[2:]))
