@@ -2,7 +2,8 @@
 
 `python -m tasks promote VERSION` and `python -m tasks rollback` move `@champion` by hand (tasks/release/promote.py).
 `python -m tasks lineage [models:/NAME@champion | VERSION] [--check]` prints what made a registered model
-(tasks/ops/lineage.py); `python -m tasks retrain-check` says which stages are stale and why (tasks/ops/retrain_check.py).
+(tasks/ops/lineage.py); `python -m tasks retrain-check` says which stages are stale and why
+(tasks/ops/retrain_check.py).
 
 Also the entry point under `accelerate launch --config_file infra/accelerate/<fsdp|deepspeed_zero3>.yaml -m tasks sft`.
 """

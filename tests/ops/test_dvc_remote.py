@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.pipeline.conftest import SMALL
+from tests.small_project import small_project
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +55,7 @@ def pushed(tmp_path_factory):
     env = {**os.environ, "HOME": str(home), "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
            **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
               for what, value in (("NAME", "test"), ("EMAIL", "test@localhost"))}}
-    for name in ("tasks", "flows"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", "Makefile"):
-        shutil.copy(ROOT / name, proj)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section in ("ingest", "datasets"):
-        params[section].update(SMALL[section])
-    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    small_project(proj, sections=("ingest", "datasets"), files=("dvc.yaml", ".gitignore", "Makefile"))
     sh(["git", "init", "-q"], proj, env)
     sh(["dvc", "init", "-q"], proj, env)
     shutil.copy(ROOT / ".dvc" / "config", proj / ".dvc" / "config")   # the committed default remote
@@ -182,3 +175,34 @@ def test_make_retrain_check_and_the_workflow_decision_answer_on_a_fresh_clone(pu
     (clone / "dvc.yaml").write_text("stages: [")
     done, said = decision()
     assert done.returncode == 2 and said == "" and "cannot tell" in done.stderr
+
+
+def test_dvc_exp_run_is_its_own_mlflow_pipeline_run_and_dvc_diffs_are_readable(pushed):
+    """`dvc exp run -S` on a pulled clone: the experiment lands in MLflow as a parent run named after it, carrying
+    the changed param and the stage's headline; `dvc exp show`, `params diff` and `metrics diff` stay a few columns."""
+    from mlflow.tracking import MlflowClient
+
+    env = pushed[1]
+    clone = fresh_clone(pushed, "experiment")
+    sh(["dvc", "pull", "--allow-missing"], clone, env)
+    sh(["dvc", "exp", "run", "-n", "lower-dedup", "-S", "clean.near_dedup.threshold=0.5", "clean"], clone, env)
+
+    client = MlflowClient(f"sqlite:///{clone}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("finetune-pipeline")
+    parent, = client.search_runs([exp.experiment_id], "tags.`dvc.experiment` = 'lower-dedup'")
+    assert parent.info.run_name == "exp lower-dedup" and parent.info.status == "FINISHED"
+    assert parent.data.params["clean.near_dedup.threshold"] == "0.5"
+    kept = json.loads((clone / "data/metrics/clean.json").read_text())["rows_kept"]
+    assert parent.data.metrics["clean.rows_kept"] == kept
+    stages = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert "clean" in {r.data.tags["stage"] for r in stages}
+
+    shown = sh(["dvc", "exp", "show", "--md", "--only-changed"], clone, env).stdout
+    assert "lower-dedup" in shown and "clean.near_dedup.threshold" in shown
+    params = sh(["dvc", "params", "diff", "HEAD", "--md"], clone, env).stdout
+    assert "clean.near_dedup.threshold" in params and "0.5" in params
+    metrics = sh(["dvc", "metrics", "diff", "HEAD", "--md"], clone, env).stdout
+    assert "rows_kept" in metrics
+    assert max(len(line) for line in metrics.splitlines()) < 120   # a few numbers per stage, no strings
+    before = json.loads(sh(["git", "show", "HEAD:data/metrics/clean.json"], clone, env).stdout)["rows_kept"]
+    assert kept < before    # Jaccard 0.5 instead of 0.8 calls more pairs near-duplicates

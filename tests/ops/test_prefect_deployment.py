@@ -5,7 +5,6 @@ not Running, and the next run frees its concurrency slot, resumes, and marks the
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import yaml
 
 from tasks.common.vllm_server import free_port
 from tests.conftest import ROOT
+from tests.small_project import small_project
 
 DEPLOYMENT = "finetune-pipeline/nightly"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -134,11 +134,8 @@ class Prefect:
 @pytest.fixture(scope="module")
 def prefect(tmp_path_factory):
     p = Prefect(tmp_path_factory.mktemp("deployment"))
-    for name in ("tasks", "flows", "infra/prefect"):
-        shutil.copytree(ROOT / name, p.proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "prefect.yaml"):
-        shutil.copy(ROOT / name, p.proj)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = small_project(p.proj, sections=(), files=("dvc.yaml", "prefect.yaml"),
+                           folders=("tasks", "flows", "infra/prefect"))
     params["ingest"]["max_records"] = 300   # base_model, ingest and clean in about a minute
     (p.proj / "params.yaml").write_text(yaml.safe_dump(params))
     assert p.run("dvc", "init", "--no-scm", "-q").returncode == 0

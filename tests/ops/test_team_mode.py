@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from tests.conftest import ROOT
-from tests.pipeline.conftest import SMALL
+from tests.small_project import small_project
 
 TEAM_SH = ROOT / "infra" / "team.sh"
 COMPOSE = ROOT / "infra" / "docker-compose.yml"
@@ -124,12 +124,7 @@ def team():
 def pipeline(team, tmp_path_factory):
     """One flow run of the shrunken pipeline with MLflow and Prefect on the team's servers, as the admin."""
     proj = tmp_path_factory.mktemp("team-project")
-    for name in ("tasks", "flows"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", proj)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in SMALL.items():
-        params[section].update(values)
+    params = small_project(proj)
     params["tracking"]["tracking_uri"] = team.mlflow
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     user, password = team.admin

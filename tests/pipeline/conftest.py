@@ -3,7 +3,6 @@
 and MLflow UI tests read the same runs instead of paying for their own."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,34 +11,12 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-
-SMALL = {
-    "ingest": {"max_records": 1000},
-    "datasets": {"max_tokens": 160, "test_fraction": 0.2, "sft_train_size": 16, "sft_test_size": 8,
-                 "pref_train_size": 8, "pref_test_size": 8},
-    "pairs": {"max_tokens": 24},
-    # 2 steps at 3e-3: held-out ppl 2.6% below the base's (1e-3: 1.4%, 2e-4: 0.3%), a champion a retrain can lose to
-    "sft": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "eval_steps": 2, "logging_steps": 1,
-            "learning_rate": 3e-3},
-    "dpo": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "logging_steps": 1},
-    "quantize": {"compare": [], "gguf": ""},   # the variants: tests/serve/test_serving.py; here the served one only
-    "deploy": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},
-    "gates": {"min_pref_accuracy": 0.0},   # 2 DPO steps on 8 pairs: the accuracy limit is for real runs
-    "evaluate": {"eval_size": 4, "max_tokens": 24, "concurrency": 2, "load_prompts": 4, "load_output_len": 16,
-                 "rag": {"size": 4, "max_tokens": 16}, "judge": {"size": 2, "calibration_size": 1, "ragas_size": 1},
-                 "benchmark": {"size": 4}},
-}
-
+from tests.small_project import SMALL, small_project
 
 @pytest.fixture(scope="package")
 def project(tmp_path_factory):
     proj = tmp_path_factory.mktemp("project")
-    for name in ("tasks", "flows"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", proj)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in SMALL.items():
-        params[section].update(values)
+    params = small_project(proj)
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, env=env, check=True)
 
