@@ -82,6 +82,7 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, unt
     stages = stages_until(until)     # a misspelt stage fails before anything runs
     from tasks import tracking
     from tasks.common.vllm_server import kept_servers
+    from tasks.stages import carry_headline
 
     log = get_run_logger()
     repo, parent, results = _dvc_repo(), tracking.start_pipeline(cfg, launcher="prefect"), {}
@@ -90,6 +91,7 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, unt
             for stage in stages:
                 if not force and up_to_date(repo, stage.name):
                     log.info("%s: up to date (dvc.lock), skipped", stage.name)
+                    carry_headline(stage, parent)
                     continue
                 task_run = run_stage_task.with_options(name=stage.name, retries=stage.retries, retry_delay_seconds=5)
                 results[stage.name] = task_run(stage.name, cfg, parent)

@@ -7,6 +7,7 @@ headline on the pipeline's parent run too, where the MLflow UI compares pipeline
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,3 +131,11 @@ def run_stage(cfg: Config, stage: Stage, parent_id: str) -> dict:
         tracking.log_results(metrics, list(stage.artifacts))
         tracking.log_to_parent(parent_id, stage.name, headline, metrics)
     return metrics
+
+
+def carry_headline(stage: Stage, parent_id: str) -> None:
+    """A stage DVC skipped as up to date still made this run's model: its headline as dvc.lock vouches for it
+    (data/metrics/<stage>.json) goes on the parent too, so every pipeline run compares on every stage in the UI."""
+    path = Paths.stage_metrics / f"{stage.name}.json"
+    if path.exists():
+        tracking.log_to_parent(parent_id, stage.name, json.loads(path.read_text()), {})
