@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,19 @@ server = VLLMServer(DeployConfig(python=sys.argv[1]), Path(sys.argv[2])).start()
 print(server.proc.pid, server.port, flush=True)
 time.sleep(3600)
 """
+
+
+def group_members(pgid: int) -> set[int]:
+    """The pids in process group `pgid` (field 5 of /proc/PID/stat, after the parenthesised command name)."""
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue   # gone while we looked
+        if int(fields[2]) == pgid:
+            members.add(int(stat.parent.name))
+    return members
 
 
 def group_alive(pgid: int) -> bool:
@@ -65,6 +79,9 @@ def test_a_group_whose_owner_and_reaper_both_died_is_killed_at_the_next_start(tm
     (tmp_path / "vllm-2.pid").write_text(json.dumps({**owner_tags(), "pgid": alive.pid,   # its owner lives: kept
                                                      "pgid_started": process_started(alive.pid)}))
     started = process_started(orphan.pid)
+    deadline = time.monotonic() + 10   # the member exists before its leader dies (sh forks it later on a busy CPU)
+    while not group_members(orphan.pid) - {orphan.pid} and time.monotonic() < deadline:
+        time.sleep(0.05)
     orphan.kill()                                      # the reaper killed: its group's member serves on
     orphan.wait()
     assert group_alive(orphan.pid)
