@@ -318,6 +318,7 @@ class GatesConfig(_Section):
     min_rouge_l: float = 0.0
     min_judge_calibration: float = 0.75      # judge accuracy on planted pairs below this: its win rate does not gate
     vs_champion: VsChampionConfig = VsChampionConfig()
+    promote: bool = True     # false: `challenger` whatever the gates (CI on a pull request: unmerged code never ships)
 
 
 class Config(_Section):

@@ -148,8 +148,9 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
         gates += [_gate("canary secrets in outputs, stores and logs", len(found), "<=", 0) | {"files": sorted(found)},
                   _gate("canaries the served model completed", metrics["canaries"]["exposed"], "<=", 0)]
     failed = [g["gate"] for g in gates if not g["passed"]]
-    alias = "challenger" if failed else "champion"
+    alias = "champion" if not failed and cfg.promote else "challenger"
     why = "all gates passed" if not failed else "failed gates: " + ", ".join(failed)
+    why += "" if cfg.promote else "; promotion off (gates.promote: false), so challenger"
     skipped = [g["gate"] for g in gates if "skipped" in g]
     why += f" (not decided: {', '.join(skipped)})" if skipped else ""
     result = {"alias": alias, "why": why, "gates": gates, "compared_with": measured,

@@ -4,6 +4,7 @@ steps, and the syntax of its shell scripts. Its decision step runs for real in t
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 
 import yaml
@@ -94,3 +95,19 @@ def test_its_shell_scripts_parse(tmp_path):
         script.write_text(re.sub(r"\$\{\{.*?\}\}", "placeholder", step["run"]))
         done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
         assert done.returncode == 0, f"{step.get('name')}: {done.stderr}"
+
+
+def test_a_pull_requests_candidate_cannot_become_champion(tmp_path):
+    """The step before the pipeline, run on a copy of params.yaml: gates.promote turns false (register then says
+    challenger whatever the gates), and only on pull requests, only when the pipeline runs."""
+    from tasks.config import load_config
+
+    all_steps = steps()
+    flip = next(s for s in all_steps if "promote: false" in s.get("run", ""))
+    assert flip["if"] == "github.event_name == 'pull_request' && steps.check.outputs.stale == 'true'"
+    assert all_steps.index(flip) < next(i for i, s in enumerate(all_steps) if "flows.pipeline" in s.get("run", ""))
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    assert load_config(tmp_path / "params.yaml").gates.promote is True
+    done = subprocess.run(["bash", "-e", "-c", flip["run"]], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert load_config(tmp_path / "params.yaml").gates.promote is False

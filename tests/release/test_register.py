@@ -14,11 +14,11 @@ GOOD = {"ppl": {"base": 10.0, "sft": 9.0, "dpo": 9.5, "served": 9.5}, "pref_accu
                     "concurrency": 4}}
 
 
-def _register(store, metrics, quantization=QUANTIZED):
+def _register(store, metrics, quantization=QUANTIZED, gates=GatesConfig()):
     (store / "metrics.json").write_text(json.dumps(metrics))
     (store / "quantize.json").write_text(json.dumps(quantization))
     with mlflow.start_run():
-        return register(GatesConfig(), "m", store / "model", store / "metrics.json", store / "quantize.json",
+        return register(gates, "m", store / "model", store / "metrics.json", store / "quantize.json",
                         store / "deployment.json", store / "registration.json", store / "report.md",
                         store / "vs_champion.png")
 
@@ -55,6 +55,21 @@ def measured_against(version: int, **changes) -> dict:
     ours = {**GOOD, "ppl": {**GOOD["ppl"], "served": changes.pop("served", 9.5)},
             "rouge_l": changes.pop("rouge_l", 0.2), "serving": {**GOOD["serving"], **changes}}
     return ours | {"champion": champion}
+
+
+def test_with_promotion_off_a_better_candidate_stays_challenger(store):
+    """gates.promote: false, as CI sets it on a pull request: the gates are measured and recorded, the alias never
+    reaches `champion`."""
+    assert _register(store, GOOD)["alias"] == "champion"
+    better = measured_against(1, served=9.4)
+    result = _register(store, better, gates=GatesConfig(promote=False))
+    assert result["alias"] == "challenger" and result["gates_failed"] == 0 and result["promoted"] == 0
+    assert "promotion off (gates.promote: false)" in json.loads((store / "registration.json").read_text())["why"]
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias("m", "champion").version) == 1
+    assert int(client.get_model_version_by_alias("m", "challenger").version) == 2
+    assert client.get_model_version("m", "2").tags["gates"] == "passed"
+    assert _register(store, better)["alias"] == "champion"   # the same candidate, promotion on
 
 
 def test_first_model_has_no_champion_to_beat(store):
