@@ -15,7 +15,7 @@ import math
 import os
 import sys
 
-from tasks.config import TELEMETRY_OFF, load_config
+from tasks.config import load_config
 
 
 def _plain(obj):
@@ -38,8 +38,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    for key, value in {**TELEMETRY_OFF, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
-        os.environ.setdefault(key, value)   # before mlflow is imported: it starts its telemetry client on import
+    # telemetry is off already (tasks/__main__.py); a download bar would break the text and --json output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from tasks.ops.lineage_check import check_workspace, declared_outputs
     from tasks.ops.lineage_text import render
     from tasks.ops.lineage_walk import LineageError, lineage, open_store, resolve

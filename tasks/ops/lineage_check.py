@@ -9,7 +9,6 @@ version was tagged, so the tags hold their previous md5.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -70,22 +69,17 @@ def cache_problem(cache: Path | None, md5: str) -> str | None:
     return None
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def workspace_problem(root: Path, path: str, md5: str) -> str | None:
-    """An output DVC does not cache: the workspace copy is the only one, so it must have the recorded md5."""
+    """An output DVC does not cache: the workspace copy is the only one, so it must have the recorded md5 (hashed by
+    DVC's own function, so the figure is the one dvc.lock records)."""
+    from dvc_data.hashfile.hash import file_md5
+
     target = root / path
     if md5.endswith(".dir"):
         return None if target.is_dir() else "not cached and missing from the workspace"
     if not target.is_file():
         return "not cached and missing from the workspace"
-    found = file_md5(target)
+    found = file_md5(str(target))
     return None if found == md5 else f"not cached; the workspace file has md5 {found}"
 
 
