@@ -18,6 +18,7 @@ import pytest
 import requests
 import yaml
 
+from tasks.common.vllm_server import free_port
 from tests.conftest import ROOT
 from tests.small_project import small_project
 
@@ -25,12 +26,6 @@ TEAM_SH = ROOT / "infra" / "team.sh"
 COMPOSE = ROOT / "infra" / "docker-compose.yml"
 SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 ADMIN = "admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def team_sh(command: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
@@ -107,7 +102,7 @@ def test_compose_file_is_valid_and_takes_its_secrets_from_the_environment():
 @pytest.fixture(scope="module")
 def team():
     folder = reachable_dir()
-    ports = {"pg": free_port(), "mlflow": free_port(), "prefect": free_port()}
+    ports = {name: free_port("127.0.0.1") for name in ("pg", "mlflow", "prefect")}
     env = {**os.environ, "TEAM_DIR": str(folder), "TEAM_PG_PORT": str(ports["pg"]),
            "TEAM_MLFLOW_PORT": str(ports["mlflow"]), "TEAM_PREFECT_PORT": str(ports["prefect"]),
            **{k: secrets.token_urlsafe(16) for k in SECRETS}}
