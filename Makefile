@@ -7,11 +7,11 @@ setup:            ## both environments (idempotent)
 	bash infra/setup.sh
 
 pipeline: setup   ## the whole pipeline on params.yaml through the Prefect flow (skips stages DVC says are up to date)
-	python -m flows.pipeline
+	python -m tasks pipeline
 
 repro: setup      ## the same stages through DVC, then the scrubbed outputs to the DVC remote
 	dvc repro
-	python -m tasks.ops.remote
+	python -m tasks push
 
 test: setup       ## the test suite (installs Debian's chromium and postgresql first, for the UI and team-mode tests)
 	bash infra/system_deps.sh
@@ -25,7 +25,7 @@ bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs
 	python -m benchmarks.quantization
 
 serve: setup      ## the registry's @champion at 127.0.0.1:8000, following promote/rollback, until Ctrl-C (ARGS="--version 3", "--alias challenger", "--port 9000")
-	python -m tasks.serve.serve_registry $(ARGS)
+	python -m tasks serve $(ARGS)
 
 mlflow-ui:        ## browse runs, metrics, artifacts and the registry at http://127.0.0.1:5000
 	bash infra/mlflow_server.sh
@@ -45,7 +45,7 @@ retrain-check: setup  ## which stages are stale against dvc.lock, and why: the d
 	python -m tasks retrain-check $(ARGS)
 
 push: setup       ## the scrubbed outputs to the DVC remote (.dvc/config); ARGS=--include-raw adds data/ingested, the raw corpus with its PII
-	python -m tasks.ops.remote $(ARGS)
+	python -m tasks push $(ARGS)
 
 team-up:          ## team mode without Docker: PostgreSQL, MLflow (basic auth) and Prefect on 127.0.0.1 (needs POSTGRES_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY); infra/team.sh env prints the client settings
 	bash infra/team.sh up

@@ -23,7 +23,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from benchmarks.light_edits import english_windows, light_edit_corpus
-from tasks.config import NearDedupConfig, NormaliseConfig
+from tasks.config import NearDedupConfig, changed, load_config
 from tasks.data.minhash import (
     ShingleHasher,
     bands_for,
@@ -34,9 +34,11 @@ from tasks.data.minhash import (
     signatures,
 )
 
-OFF = NormaliseConfig(lowercase=False, punctuation=False, digits=False, width=False, diacritics=False)
-MODES = {"off": OFF, "case+width (before)": NormaliseConfig(punctuation=False, digits=False, diacritics=False),
-         "on (default)": NormaliseConfig()}
+NEAR_DEDUP = load_config().clean.near_dedup   # params.yaml: what the pipeline runs
+ON = changed(NEAR_DEDUP.normalise, lowercase=True, punctuation=True, digits=True, width=True, diacritics=True)
+OFF = changed(ON, lowercase=False, punctuation=False, digits=False, width=False, diacritics=False)
+MODES = {"off": OFF, "case+width (before)": changed(ON, punctuation=False, digits=False, diacritics=False),
+         "on (default)": ON}
 Pairs = set[tuple[int, int]]
 
 
@@ -156,9 +158,9 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=2000)
     parser.add_argument("--light-docs", type=int, default=5000)
     parser.add_argument("--light-planted", type=int, default=1000)
-    parser.add_argument("--cjk-chars", type=int, default=NearDedupConfig().shingle_cjk_chars)
+    parser.add_argument("--cjk-chars", type=int, default=NEAR_DEDUP.shingle_cjk_chars)
     args = parser.parse_args()
-    cfg = NearDedupConfig(shingle_cjk_chars=args.cjk_chars)
+    cfg = changed(NEAR_DEDUP, shingle_cjk_chars=args.cjk_chars)
     speed(args.docs, args.planted, cfg)
     light_edits(args.light_docs, args.light_planted, cfg)
 

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from tasks import tracking
-from tasks.config import Paths, apply_runtime_env, load_config
+from tasks.config import apply_runtime_env, load_config
+from tasks.paths import Paths
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
 
     out = Path(os.environ.get("BENCH_TMP", "/tmp/evaluate_parts"))
     canaries = make_canaries(cfg.evaluate.canaries, cfg.runtime.seed)
-    now = evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model, canaries, cfg.runtime.seed,
+    now = evaluate(cfg.evaluate, cfg.vllm, cfg.tracking.registered_model, canaries, cfg.runtime.seed,
                    out_dir=out)["time_s"]
     total = sum(now.values())
     print(f"\n{'part':<44}{'last pipeline run':>18}{'this run':>10}{'share':>8}")

@@ -33,8 +33,9 @@ import uuid
 from collections import Counter
 from unittest import mock
 
-from tasks.config import Paths, PiiConfig
+from tasks.config import load_config
 from tasks.data.pii import Scrubber
+from tasks.paths import Paths
 
 SEED = 7
 LABELS = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "IP_ADDRESS": "ip_address", "CREDIT_CARD": "credit_card",
@@ -238,7 +239,8 @@ def main() -> None:
     texts, gold = [s[0] for s in samples], [s[1] for s in samples]
     messages = sharegpt_messages(args.messages)
 
-    scrubber = Scrubber(PiiConfig())
+    pii = load_config().clean.pii
+    scrubber = Scrubber(pii)
     provider = NlpEngineProvider(nlp_configuration={"nlp_engine_name": "no_op",
                                                     "models": [{"lang_code": "en", "model_name": "no_op"}]})
     analyzer = AnalyzerEngine(nlp_engine=provider.create_engine())
@@ -257,8 +259,8 @@ def main() -> None:
         return f"{c['pred']:>6}{precision:>7}{recall:>7}"
 
     print(f"\n{len(texts)} labelled texts ({args.samples} presidio-evaluator en_US, 200 Chinese-format, 96 secrets); "
-          f"a span matches on overlap and type; ours: default PiiConfig (phone regions "
-          f"{', '.join(PiiConfig().phone_regions)}); presidio: no-op NLP engine, default recognizers (none of its disabled "
+          f"a span matches on overlap and type; ours: params.yaml's clean.pii (phone regions "
+          f"{', '.join(pii.phone_regions)}); presidio: no-op NLP engine, default recognizers (none of its disabled "
           f"ones emits a scored type)\n")
     print(f"{'type':<16}{'gold':>6} | {'this project':^20} | {'presidio':^20} | recall >= presidio")
     print(f"{'':<22} | {'spans':>6}{'P':>7}{'R':>7} | {'spans':>6}{'P':>7}{'R':>7} |")

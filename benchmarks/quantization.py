@@ -16,9 +16,10 @@ import time
 import torch
 
 from tasks.common.jsonl import read_jsonl
-from tasks.config import Paths, QuantizeConfig
+from tasks.common.modeling import load_tokenizer, perplexity
+from tasks.config import changed, load_config
+from tasks.paths import Paths
 from tasks.serve.quantize import calibration_set, quantize_in_fp32, recipe, weights_only
-from tasks.train.modeling import load_tokenizer, perplexity
 
 
 def main() -> None:
@@ -35,12 +36,13 @@ def main() -> None:
     calibration = calibration_set(tokenizer, Paths.sft_train, args.calibration)
     merged = AutoModelForCausalLM.from_pretrained(Paths.merged, dtype=torch.float32).eval()
     base_ppl = perplexity(merged, tokenizer, held_out, "merged")
-    ignore = QuantizeConfig().ignore
+    quantize = load_config().quantize
+    ignore = quantize.ignore
     variants = {"int8 weights per channel, fp32 activations": (weights_only(8, None, ignore), False),
                 "int8 weights per group of 32 (GGUF Q8_0's layout)": (weights_only(8, 32, ignore), False),
-                "W8A8: + dynamic per-token int8 activations": (recipe("W8A8", QuantizeConfig(smoothing=0)), False)}
+                "W8A8: + dynamic per-token int8 activations": (recipe("W8A8", changed(quantize, smoothing=0)), False)}
     for strength in args.strengths:
-        variants[f"W8A8 after SmoothQuant {strength}"] = (recipe("W8A8", QuantizeConfig(smoothing=strength)), True)
+        variants[f"W8A8 after SmoothQuant {strength}"] = (recipe("W8A8", changed(quantize, smoothing=strength)), True)
     print(f"\nmerged: held-out ppl {base_ppl:.4f} on {len(held_out)} replies; "
           f"calibration: {len(calibration)} SFT training rows\n")
     print("| variant | held-out ppl | vs merged | quantize s |\n|---|---:|---:|---:|")

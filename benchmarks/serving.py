@@ -22,10 +22,11 @@ import numpy as np
 
 from tasks.common.hardware import hardware_tags, serving_dtype
 from tasks.common.vllm_server import VLLMServer
-from tasks.config import Paths, apply_runtime_env, load_config
+from tasks.config import apply_runtime_env, load_config
 from tasks.data.ingest import Malformed, _json_array_records, normalise, sharegpt_package_file
 from tasks.data.split import in_test_split
 from tasks.evaluate.evaluate import bench_request, bench_serve
+from tasks.paths import Paths
 
 
 def held_out_requests(tokenizer, n: int, fraction: float, max_prompt: int, max_output: int) -> list[dict]:
@@ -52,7 +53,7 @@ def held_out_requests(tokenizer, n: int, fraction: float, max_prompt: int, max_o
 
 
 def run_vllm(model_dir: Path, requests: list[dict], concurrency: int, cfg, work: Path) -> dict:
-    with VLLMServer(cfg.deploy, model_dir) as server:
+    with VLLMServer(cfg.vllm, model_dir) as server:
         r = bench_serve(server, requests, concurrency, model_dir, work / "vllm.json")
     return {"completed": r["completed"], "failed": r["failed"], "wall_s": r["duration"],
             "requests_per_s": r["request_throughput"], "output_tokens_per_s": r["output_throughput"],
@@ -138,7 +139,7 @@ def main() -> None:
 
     requests = held_out_requests(AutoTokenizer.from_pretrained(model_dir), args.requests,
                                  cfg.datasets.test_fraction, args.max_prompt_tokens, args.max_output)
-    dtype = serving_dtype(cfg.deploy.dtype)
+    dtype = serving_dtype(cfg.vllm.dtype)
     lengths = [r["output_tokens"] for r in requests]
     print(f"{len(requests)} held-out requests, output tokens p50 {np.median(lengths):.0f} / max {max(lengths)}, "
           f"concurrency {args.concurrency}, vLLM --dtype {dtype} and the same weights in transformers; "

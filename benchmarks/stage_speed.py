@@ -14,16 +14,17 @@ import time
 from pathlib import Path
 
 from tasks.common.jsonl import read_jsonl
-from tasks.config import DeployConfig, PairsConfig, Paths, SftConfig, apply_runtime_env, load_config
+from tasks.common.modeling import load_model, load_tokenizer
+from tasks.config import PairsConfig, VllmConfig, apply_runtime_env, changed, load_config
+from tasks.paths import Paths
 from tasks.train import training
-from tasks.train.modeling import load_model, load_tokenizer
 
 
 def sft_steps(bf16: bool, steps: int, tmp: Path) -> tuple[float, float]:
     from tasks.train.sft import build_trainer
 
     training.use_bf16 = lambda: bf16
-    trainer = build_trainer(SftConfig(max_steps=steps, max_length=256, eval_steps=10_000, logging_steps=1), 0,
+    trainer = build_trainer(changed(load_config().sft, max_steps=steps, max_length=256, eval_steps=10_000, logging_steps=1), 0,
                             Paths.base_model, Paths.sft_train, Paths.sft_test, tmp)
     t0 = time.perf_counter()
     trainer.train()
@@ -42,13 +43,13 @@ def generate_transformers(prompts: list[list[dict]], lengths: list[int], cfg: Pa
     return time.perf_counter() - t0
 
 
-def generate_vllm(prompts: list[list[dict]], lengths: list[int], deploy_cfg: DeployConfig) -> float:
+def generate_vllm(prompts: list[list[dict]], lengths: list[int], vllm_cfg: VllmConfig) -> float:
     """The alternative: a vLLM server (start-up included), the same token budget per request. It serves the base
     model here; the SFT adapter would need merging and saving first, which this leaves out in vLLM's favour."""
     from tasks.common.vllm_server import VLLMServer
 
     t0 = time.perf_counter()
-    with VLLMServer(deploy_cfg, Paths.base_model) as server:
+    with VLLMServer(vllm_cfg, Paths.base_model) as server:
         server.chat_many(prompts, 32, max_tokens=max(lengths), min_tokens=min(lengths), temperature=0.7, top_p=0.9)
     return time.perf_counter() - t0
 
@@ -64,7 +65,7 @@ def main() -> None:
     tokenizer = load_tokenizer(Paths.base_model)
     lengths = [len(tokenizer(p["chosen"][0]["content"], add_special_tokens=False)["input_ids"]) for p in pairs]
     hf = generate_transformers(prompts, lengths, cfg.pairs)
-    vllm = generate_vllm(prompts, lengths, cfg.deploy)
+    vllm = generate_vllm(prompts, lengths, cfg.vllm)
     print(f"\n{'comparison':<46}{'baseline':>14}{'this project':>14}{'speed-up':>10}")
     print(f"{f'SFT s/step ({steps} steps, batch 4, <=256 tok)':<46}{fp32[0]:>11.2f} s{bf16[0]:>11.2f} s"
           f"{fp32[0] / bf16[0]:>9.2f}x   (fp32 -> bf16 autocast; last loss {fp32[1]:.3f} vs {bf16[1]:.3f})")

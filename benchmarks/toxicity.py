@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from tasks.config import ToxicityConfig
+from tasks.config import ToxicityConfig, changed, load_config
 from tasks.data.toxicity import classifier_scores, toxic_replies
 
 TOXIC = [
@@ -92,11 +92,11 @@ def flagged(cfg: ToxicityConfig) -> list[bool]:
 def main() -> None:
     print(f"labelled set: {len(TOXIC)} toxic (16 English, 8 Chinese), {len(CLEAN)} clean look-alikes\n")
     print("| filter | precision | recall |\n|---|---:|---:|")
-    print("| blocklist alone | %.2f | %.2f |" % prf(flagged(ToxicityConfig(threshold=1.0))))
+    print("| blocklist alone | %.2f | %.2f |" % prf(flagged(changed(load_config().clean.toxicity, threshold=1.0))))
     scores = classifier_scores(TOXIC + CLEAN)
     for t in (0.5, 0.8, 0.9, 0.95):
         print(f"| classifier >= {t} alone | %.2f | %.2f |" % prf([s >= t for s in scores]))
-    default = ToxicityConfig()
+    default = load_config().clean.toxicity
     print(f"| both, as clean runs them (threshold {default.threshold}) | %.2f | %.2f |" % prf(flagged(default)))
     missed = [t for t, f in zip(TOXIC, flagged(default)) if not f]
     wrong = [t for t, f in zip(CLEAN, flagged(default)[len(TOXIC):]) if f]

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from tasks.config import Paths, apply_runtime_env, load_config
+from tasks.config import apply_runtime_env, load_config
+from tasks.paths import Paths
 
 QWEN_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,

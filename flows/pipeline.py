@@ -1,4 +1,4 @@
-"""The whole pipeline as a Prefect flow: `python -m flows.pipeline` (ephemeral Prefect, no server needed).
+"""The whole pipeline as a Prefect flow: `python -m tasks pipeline` (ephemeral Prefect, no server needed).
 
 Each stage is one Prefect task around the same runner `dvc repro` uses. DVC stays the judge of what is stale: a stage
 whose deps, params and outs match dvc.lock is skipped, and each finished stage is committed to dvc.lock, so a failed
@@ -85,42 +85,36 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, unt
     from tasks.stages import carry_headline
 
     log = get_run_logger()
-    repo, parent, results = _dvc_repo(), tracking.start_pipeline(cfg, launcher="prefect"), {}
-    try:
-        with kept_servers():   # one vLLM start per model per flow run: evaluate scores on the server deploy started
-            for stage in stages:
-                if not force and up_to_date(repo, stage.name):
-                    log.info("%s: up to date (dvc.lock), skipped", stage.name)
-                    carry_headline(stage, parent)
-                    continue
-                task_run = run_stage_task.with_options(name=stage.name, retries=stage.retries, retry_delay_seconds=5)
-                results[stage.name] = task_run(stage.name, cfg, parent)
-                if repo is not None:
-                    repo.commit(stage.name, force=True)
-                if stage.report and stage.report.exists():
-                    text = stage.report.read_text()
-                    create_markdown_artifact(text, key=f"{stage.name.replace('_', '-')}-report",
-                                             description=f"{stage.name} report ({stage.report})")
-                    log.info("%s report (%s):\n%s", stage.name, stage.report, text)
-    except BaseException:
-        tracking.end_pipeline(parent, "FAILED")
-        raise
-    tracking.end_pipeline(parent)
+    repo, results = _dvc_repo(), {}
+    # one vLLM start per model per flow run: evaluate scores on the server smoke_test started
+    with tracking.pipeline_run(cfg, "prefect", Path(params_file)) as parent, kept_servers():
+        for stage in stages:
+            if not force and up_to_date(repo, stage.name):
+                log.info("%s: up to date (dvc.lock), skipped", stage.name)
+                carry_headline(stage, parent)
+                continue
+            task_run = run_stage_task.with_options(name=stage.name, retries=stage.retries, retry_delay_seconds=5)
+            results[stage.name] = task_run(stage.name, cfg, parent)
+            if repo is not None:
+                repo.commit(stage.name, force=True)
+            if stage.report and stage.report.exists():
+                text = stage.report.read_text()
+                create_markdown_artifact(text, key=f"{stage.name.replace('_', '-')}-report",
+                                         description=f"{stage.name} report ({stage.report})")
+                log.info("%s report (%s):\n%s", stage.name, stage.report, text)
     if push and repo is not None:
         push_to_remote(log)
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--force", action="store_true", help="run every stage even if DVC says it is up to date")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage, e.g. clean (default: run them all)")
     parser.add_argument("--no-push", action="store_true", help="keep the outputs here: no `dvc push` after the run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     apply_runtime_env(load_config(args.params))
     finetune_pipeline(args.params, args.force, args.until, push=not args.no_push)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,33 +1,60 @@
-"""The pipeline's stages in order, and the one runner that both the Prefect flow and `dvc repro` go through.
+"""The pipeline's stages in order, each declared once, and the one runner that the Prefect flow and `dvc repro` share.
 
-Each stage is its plain function (tasks/<phase>/<stage>.py) bound to its config section. The runner opens the stage's MLflow
-run, times it, logs results and artifacts, writes everything it returned to data/stages/<stage>.json and its few
-headline numbers to data/metrics/<stage>.json (DVC metrics: `dvc metrics show/diff` stay readable), and puts the
-headline on the pipeline's parent run too, where the MLflow UI compares pipeline runs.
+A stage is its adapter (`_clean` below: reads its params, calls the plain stage function in tasks/<phase>/) and its
+declaration: the dotted params.yaml keys it reads, the data it reads and writes, its plots and headline figures.
+Everything else is derived from that: dvc.yaml (`python -m tasks dvc-yaml`, with each stage's code deps found by
+following its imports: tasks/common/code_deps.py), the params MLflow records for it, and the view of the config it is
+handed (tasks/config.py:ParamsView), which refuses any key it did not declare.
+
+The runner opens the stage's MLflow run, times it, logs results and artifacts, writes everything it returned to
+data/stages/<stage>.json and its headline to data/metrics/<stage>.json (DVC metrics: `dvc metrics show/diff`), and
+puts the headline on the pipeline's parent run too, where the MLflow UI compares pipeline runs.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import tracking
 from tasks.common.adapter_folder import BASE_FILE
 from tasks.common.jsonl import write_json
-from tasks.config import Config, Paths
+from tasks.config import Config, ParamsView, apply_runtime_env, load_config
+from tasks.paths import Paths
+
+
+@dataclass(frozen=True)
+class Out:
+    """An output. Small files kept in git (reports, records) are not cached; the raw corpus is never pushed."""
+    path: Path
+    cache: bool = True
+    push: bool = True
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[Config], dict]
-    sections: tuple[str, ...]                         # config sections it reads: MLflow params, DVC params
-    artifacts: tuple[Path, ...] = field(default=())   # small outputs worth seeing in the MLflow UI
-    retries: int = 0                                  # where a retry helps (a server that failed to start)
-    report: Path | None = None                        # its human-readable markdown, shown as a Prefect artifact
-    headline: tuple[str, ...] = ("duration_s",)       # its figures worth comparing across runs (flattened keys)
+    run: Callable[[Config], dict]   # the adapter: gets a ParamsView of `params`, calls the stage's plain function
+    params: tuple[str, ...]         # dotted params.yaml keys it reads: its DVC params and its MLflow params
+    deps: tuple[Path, ...]          # data it reads; its code deps are derived from its imports
+    outs: tuple[Out, ...]           # data it writes (its results and headline files are added: results_file/...)
+    plots: tuple[Path, ...] = ()    # images kept in git, for `dvc plots`
+    artifacts: tuple[Path, ...] = ()   # small outputs worth seeing in the MLflow UI
+    retries: int = 0                # where a retry helps (a server that failed to start)
+    report: Path | None = None      # its human-readable markdown, shown as a Prefect artifact
+    headline: tuple[str, ...] = ("duration_s",)   # figures worth comparing across runs (flattened result keys)
+
+    @property
+    def results_file(self) -> Path:
+        return Paths.stage_results / f"{self.name}.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return Paths.stage_metrics / f"{self.name}.json"
 
 
 def _base_model(cfg):
@@ -68,18 +95,18 @@ def _dpo(cfg):
 
 def _quantize(cfg):
     from tasks.serve.quantize import merge_and_quantize
-    return merge_and_quantize(cfg.quantize, lora=cfg.deploy.mode == "lora")
+    return merge_and_quantize(cfg.quantize, lora=cfg.vllm.mode == "lora")
 
 
-def _deploy(cfg):
-    from tasks.serve.deploy import deploy
-    return deploy(cfg.deploy)
+def _smoke_test(cfg):
+    from tasks.serve.smoke_test import smoke_test
+    return smoke_test(cfg.vllm)
 
 
 def _evaluate(cfg):
     from tasks.data.canaries import make_canaries
     from tasks.evaluate.evaluate import evaluate
-    return evaluate(cfg.evaluate, cfg.deploy, cfg.tracking.registered_model,
+    return evaluate(cfg.evaluate, cfg.vllm, cfg.tracking.registered_model,
                     make_canaries(cfg.evaluate.canaries, cfg.runtime.seed), cfg.runtime.seed)
 
 
@@ -91,43 +118,60 @@ def _register(cfg):
 
 
 STAGES = [
-    Stage("base_model", _base_model, ("base_model",), (Paths.base_model / "config.json",),
-          headline=("parameters", "checkpoint_mb", "duration_s")),
-    Stage("ingest", _ingest, ("ingest",), (Paths.ingest_report,),
-          headline=("rows_in", "rows_kept", "rows_quarantined", "duration_s")),
-    Stage("clean", _clean, ("clean",), (Paths.clean_report, Paths.clean_report_md, Paths.clean_plots),
-          report=Paths.clean_report_md,
+    Stage("base_model", _base_model, ("base_model",), (), (Out(Paths.base_model),),
+          artifacts=(Paths.base_model / "config.json",), headline=("parameters", "checkpoint_mb", "duration_s")),
+    Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed"), (),
+          (Out(Paths.ingested.parent, push=False),),   # the raw corpus, PII and planted canaries included
+          artifacts=(Paths.ingest_report,), headline=("rows_in", "rows_kept", "rows_quarantined", "duration_s")),
+    Stage("clean", _clean, ("clean", "datasets.test_fraction"), (Paths.ingested,), (Out(Paths.clean_dir),),
+          artifacts=(Paths.clean_report, Paths.clean_report_md, Paths.clean_plots), report=Paths.clean_report_md,
           headline=("rows_in", "rows_kept", "rows_dropped", "rows_pii_scrubbed", "duration_s")),
-    Stage("datasets", _datasets, ("datasets", "runtime"), (Paths.sft_test, Paths.pref_prompts_test),
+    Stage("datasets", _datasets, ("datasets", "runtime.seed"), (Paths.clean, Paths.base_model),
+          (Out(Paths.datasets_dir),), artifacts=(Paths.sft_test, Paths.pref_prompts_test),
           headline=("sft_train", "sft_test", "pref_prompts_train", "pref_prompts_test")),
-    Stage("sft", _sft, ("sft",), (Paths.sft_adapter,),
+    Stage("sft", _sft, ("sft", "runtime.seed"), (Paths.sft_train, Paths.sft_test, Paths.base_model),
+          (Out(Paths.sft_adapter),), artifacts=(Paths.sft_adapter,),
           headline=("train_loss", "eval_loss", "tokens_per_s", "duration_s")),
-    Stage("pairs", _pairs, ("pairs", "runtime"), (Paths.pref_test,), headline=("pref_train", "duration_s")),
-    Stage("dpo", _dpo, ("dpo",), (Paths.dpo_adapter,),
+    Stage("pairs", _pairs, ("pairs", "runtime.seed", "datasets.test_fraction"),
+          (Paths.pref_prompts_train, Paths.pref_prompts_test, Paths.base_model, Paths.sft_adapter),
+          (Out(Paths.pairs_dir),), artifacts=(Paths.pref_test,), headline=("pref_train", "duration_s")),
+    Stage("dpo", _dpo, ("dpo", "runtime.seed"), (Paths.pref_train, Paths.sft_adapter, Paths.base_model),
+          (Out(Paths.dpo_adapter),), artifacts=(Paths.dpo_adapter,),
           headline=("train_loss", "last_reward_accuracy", "tokens_per_s", "duration_s")),
-    Stage("quantize", _quantize, ("quantize",), (Paths.quantized / "config.json", Paths.quantized / BASE_FILE),
+    Stage("quantize", _quantize, ("quantize", "vllm.mode"),
+          (Paths.base_model, Paths.dpo_adapter, Paths.sft_train, Paths.sft_test),
+          (Out(Paths.merged), Out(Paths.quantized), Out(Paths.gguf)),
+          artifacts=(Paths.quantized / "config.json", Paths.quantized / BASE_FILE),
           headline=("quantized_mb", "ppl_ratio", "duration_s")),
-    Stage("deploy", _deploy, ("deploy",), (Paths.deploy_report,), retries=1,
-          headline=("startup_s", "smoke_latency_s")),
-    Stage("evaluate", _evaluate, ("evaluate", "tracking"), (Paths.eval_dir,), retries=1,
+    Stage("smoke_test", _smoke_test, ("vllm",), (Paths.quantized,), (Out(Paths.smoke_test, cache=False),),
+          artifacts=(Paths.smoke_test,), retries=1, headline=("startup_s", "smoke_latency_s")),
+    Stage("evaluate", _evaluate, ("evaluate", "vllm", "tracking.registered_model", "runtime.seed"),
+          (Paths.base_model, Paths.sft_adapter, Paths.dpo_adapter, Paths.quantized, Paths.sft_test, Paths.pref_test),
+          (Out(Paths.eval_dir / "answers.jsonl"), Out(Paths.eval_dir / "load_test.json"),
+           Out(Paths.eval_dir / "benchmark"), Out(Paths.metrics, cache=False)),
+          plots=(Paths.eval_dir / "perplexity.png",), artifacts=(Paths.eval_dir,), retries=1,
           headline=("ppl.base", "ppl.sft", "ppl.dpo", "ppl.served", "pref_accuracy", "judge.win_rate",
                     "rag.semantic_similarity", "rag.answer_relevancy", "rag.faithfulness", "rag.recall_at_k",
                     "benchmark_acc", "rouge_l", "serving.ttft_median_ms", "serving.tpot_median_ms",
                     "canaries.exposed", "duration_s")),
-    Stage("register", _register, ("gates",), (Paths.registry_report, Paths.run_report, Paths.vs_champion_plot),
-          report=Paths.run_report, headline=("promoted", "version", "gates_failed", "gates_skipped")),
+    Stage("register", _register, ("gates", "tracking.registered_model", "evaluate.canaries", "runtime.seed"),
+          (Paths.metrics, Paths.stage_results / "quantize.json", Paths.smoke_test, Paths.quantized,
+           Paths.clean_report),
+          (Out(Paths.registry_report.parent, cache=False),),
+          artifacts=(Paths.registry_report, Paths.run_report, Paths.vs_champion_plot), report=Paths.run_report,
+          headline=("promoted", "version", "gates_failed", "gates_skipped")),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 
 
 def run_stage(cfg: Config, stage: Stage, parent_id: str) -> dict:
-    with tracking.stage_run(cfg, stage.name, parent_id, stage.sections):
+    with tracking.stage_run(cfg, stage.name, parent_id, stage.params):
         t0 = time.monotonic()
-        metrics = stage.run(cfg)
+        metrics = stage.run(ParamsView(cfg, stage.params, stage.name))
         metrics["duration_s"] = round(time.monotonic() - t0, 1)
-        write_json(Paths.stage_results / f"{stage.name}.json", metrics)
-        headline = tracking.headline(metrics, stage.headline)
-        write_json(Paths.stage_metrics / f"{stage.name}.json", headline)
+        write_json(stage.results_file, metrics)
+        headline = tracking.headline(metrics, stage.headline, stage.name)
+        write_json(stage.metrics_file, headline)
         tracking.log_results(metrics, list(stage.artifacts))
         tracking.log_to_parent(parent_id, stage.name, headline, metrics)
     return metrics
@@ -136,6 +180,23 @@ def run_stage(cfg: Config, stage: Stage, parent_id: str) -> dict:
 def carry_headline(stage: Stage, parent_id: str) -> None:
     """A stage DVC skipped as up to date still made this run's model: its headline as dvc.lock vouches for it
     (data/metrics/<stage>.json) goes on the parent too, so every pipeline run compares on every stage in the UI."""
-    path = Paths.stage_metrics / f"{stage.name}.json"
-    if path.exists():
-        tracking.log_to_parent(parent_id, stage.name, json.loads(path.read_text()), {})
+    if stage.metrics_file.exists():
+        tracking.log_to_parent(parent_id, stage.name, json.loads(stage.metrics_file.read_text()), {})
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tasks run STAGE`: one stage, whatever DVC thinks of it; what dvc.yaml's commands call."""
+    parser = argparse.ArgumentParser(prog="python -m tasks run", description=main.__doc__)
+    parser.add_argument("stage", choices=list(BY_NAME))
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    apply_runtime_env(cfg)
+    stage = BY_NAME[args.stage]
+    if int(os.environ.get("RANK", "0")):   # under `accelerate launch`: every rank trains, rank 0 records
+        stage.run(ParamsView(cfg, stage.params, stage.name))
+        return 0
+    with tracking.pipeline_run(cfg, "dvc", Path(args.params)) as parent:
+        metrics = run_stage(cfg, stage, parent)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0

@@ -1,4 +1,6 @@
-"""The one module that talks to MLflow: experiment set-up, the run tree, and what each stage logs.
+"""The one module that talks to MLflow: experiment set-up, the run tree, what each stage logs, registry versions
+and alias moves. One other module reads the store, and writes nothing to it: tasks/ops/lineage_walk.py, which walks
+runs and versions to say what made a model.
 
 Run tree: one parent run per pipeline run, one nested run per stage. The Prefect flow creates the parent and passes it
 down. `dvc repro` runs each stage as its own process, so there the parent is found again by a key (git commit + the
@@ -25,9 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.common.hardware import hardware_tags
 from tasks.common.processes import owner_died, owner_tags
-from tasks.config import Config, TrackingConfig
-
-PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
+from tasks.config import Config, TrackingConfig, flat_params, flatten
 
 
 def configure(cfg: TrackingConfig) -> str:
@@ -71,10 +71,21 @@ def _pipeline_key(params_file: Path) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def pipeline_run(cfg: Config, launcher: str, params_file: Path = Path("params.yaml")) -> Iterator[str]:
+    """The pipeline's parent run around what runs inside: FINISHED when it returns, FAILED when it raises (or is
+    interrupted). The Prefect flow and `python -m tasks run` (one stage, as dvc repro runs it) both open it."""
+    parent = start_pipeline(cfg, launcher, params_file)
+    try:
+        yield parent
+    except BaseException:
+        end_pipeline(parent, "FAILED")
+        raise
+    end_pipeline(parent)
+
+
 def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.yaml")) -> str:
-    """The parent run id for this pipeline run: given by the environment, found again by key, or new."""
-    if os.environ.get(PARENT_ENV):
-        return os.environ[PARENT_ENV]
+    """The parent run id for this pipeline run: found again by key (dvc repro's stages), or new."""
     exp_id = configure(cfg.tracking)
     client, key = MlflowClient(), _pipeline_key(params_file)
     mark_dead_runs(exp_id)
@@ -90,9 +101,8 @@ def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.
         "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(),
         "params.hash": params_hash(params_file), **({"dvc.experiment": experiment} if experiment else {}),
         **hardware_tags(), **owner_tags()})
-    for section, values in cfg.model_dump().items():
-        for name, value in _flatten(values).items():
-            client.log_param(run.info.run_id, f"{section}.{name}", value)
+    for name, value in flatten(cfg.model_dump()).items():
+        client.log_param(run.info.run_id, name, value)
     return run.info.run_id
 
 
@@ -114,15 +124,6 @@ def mark_dead_runs(exp_id: str) -> list[str]:
         print(f"marked {len(dead)} run(s) left RUNNING by dead processes as KILLED: "
               + ", ".join(r.info.run_name or r.info.run_id for r in dead))
     return [r.info.run_id for r in dead]
-
-
-def _flatten(d, prefix: str = "") -> dict:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out = {}
-    for key, value in d.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out
 
 
 def dvc_hashes(stage: str, dvc_file: Path = Path("dvc.yaml"), lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
@@ -164,23 +165,21 @@ def _log_inputs(hashes: dict[str, str]) -> None:
 
 
 @contextmanager
-def stage_run(cfg: Config, stage: str, parent_id: str, sections: tuple[str, ...]) -> Iterator[str]:
-    """A nested MLflow run for one stage, with its settings as params, git/DVC lineage and the CPU as tags, and its
-    DVC inputs as MLflow datasets."""
+def stage_run(cfg: Config, stage: str, parent_id: str, params: tuple[str, ...]) -> Iterator[str]:
+    """A nested MLflow run for one stage, with the settings it reads (its declared params) as params, git/DVC
+    lineage and the CPU as tags, and its DVC inputs as MLflow datasets."""
     configure(cfg.tracking)
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id) as run:
         hashes = dvc_hashes(stage)
         mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **hashes, **hardware_tags(), **owner_tags()})
         _log_inputs(hashes)
-        for section in sections:
-            mlflow.log_params({f"params.{section}.{k}": v
-                               for k, v in _flatten(getattr(cfg, section).model_dump()).items()})
+        mlflow.log_params({f"params.{key}": value for key, value in flat_params(cfg, params).items()})
         yield run.info.run_id
 
 
 def log_results(metrics: dict, artifacts: list[Path]) -> None:
     """Numeric results as metrics, the rest as tags; existing artifact files and folders under their names."""
-    flat = _flatten(metrics)
+    flat = flatten(metrics)
     numeric = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     mlflow.log_metrics(numeric)
     mlflow.set_tags({f"result.{k}": str(v)[:500] for k, v in flat.items() if k not in numeric})
@@ -191,11 +190,26 @@ def log_results(metrics: dict, artifacts: list[Path]) -> None:
             mlflow.log_artifact(str(path))
 
 
-def headline(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
-    """The named figures of a stage's results (flattened keys), those that are numbers: DVC metrics and the parent's."""
-    flat = _flatten(metrics)
+class MissingFigure(KeyError):
+    pass
+
+
+def headline(metrics: dict, keys: tuple[str, ...], stage: str) -> dict[str, float]:
+    """The named figures of a stage's results (flattened keys): DVC metrics and the parent's. A figure that was not
+    measured (None, or a section that this run's params switched off) or has no score (NaN) is left out; a name the
+    results do not have at all is an error, so a renamed figure cannot silently drop out of every comparison."""
+    flat = flatten(metrics)
+    unknown = [k for k in keys if k not in flat and not _switched_off(metrics, k)]
+    if unknown:
+        raise MissingFigure(f"{stage}: headline figures {unknown} are not in its results (renamed?); it has "
+                            f"{sorted(flat)[:40]}")
     return {k: round(flat[k], 4) if isinstance(flat[k], float) else int(flat[k]) for k in keys
             if isinstance(flat.get(k), (int, float)) and not math.isnan(flat[k])}
+
+
+def _switched_off(metrics: dict, key: str) -> bool:
+    """A figure inside a section the run did not measure: `judge.win_rate` when there is no `judge` at all."""
+    return key.split(".")[0] not in metrics
 
 
 def log_to_parent(parent_id: str, stage: str, figures: dict[str, float], metrics: dict) -> None:
@@ -230,12 +244,33 @@ def register_model(name: str, model_dir: Path, alias: str, description: str,
 
 
 def champion(name: str, alias: str = "champion") -> dict | None:
-    """The registry version `alias` points at ({version, source, run_id}), or None before the first champion."""
+    """The registry version `alias` points at ({version, source, run_id, tags, description}), or None before the
+    first champion."""
     try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
+        return _version(MlflowClient().get_model_version_by_alias(name, alias))
     except mlflow.exceptions.MlflowException:
         return None
-    return {"version": int(version.version), "source": version.source, "run_id": version.run_id}
+
+
+def model_version(name: str, version: int) -> dict | None:
+    """{version, source, run_id, tags, description} of a registered version, or None when there is no such version."""
+    try:
+        return _version(MlflowClient().get_model_version(name, str(version)))
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _version(found) -> dict:
+    return {"version": int(found.version), "source": found.source, "run_id": found.run_id, "tags": dict(found.tags),
+            "description": found.description}
+
+
+def move_alias(name: str, version: int, tags: dict[str, str], alias: str = "champion") -> None:
+    """Tag the version (the audit trail: tasks/release/promote.py), then point `alias` at it."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    client.set_registered_model_alias(name, alias, str(version))
 
 
 def fetch_model(source: str, dest: Path) -> Path:

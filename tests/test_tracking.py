@@ -13,7 +13,6 @@ from tests.conftest import ROOT
 
 def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
     cfg = load_config(ROOT / "params.yaml", [f"tracking.tracking_uri=sqlite:///{tmp_path}/db.sqlite",
                                              f"tracking.artifact_root={tmp_path}/art"])
     exp = tracking.configure(cfg.tracking)

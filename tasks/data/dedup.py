@@ -94,8 +94,8 @@ class Normaliser:
     bytes (case, punctuation), a few numpy operations on the multi-byte characters (separators become spaces, each
     CJK character gets a space either side), and a few on the digits. No per-character Python."""
 
-    def __init__(self, cfg: NormaliseConfig | None = None):
-        self.cfg = cfg = cfg or NormaliseConfig()
+    def __init__(self, cfg: NormaliseConfig):
+        self.cfg = cfg
         self.ascii, self.kinds = _ascii_table(cfg), _kinds(cfg.punctuation)
 
     def fold(self, text: str) -> bytes:

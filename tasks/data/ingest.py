@@ -19,8 +19,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tasks.common.jsonl import atomic_writer, write_json
-from tasks.config import IngestConfig, Paths
+from tasks.config import IngestConfig
 from tasks.data.canaries import EVERY_NTH_ROW, Canary, plant
+from tasks.paths import Paths
 
 EMBEDDED = "sharegpt-package"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",

@@ -70,7 +70,7 @@ class ShingleHasher:
     identical in every process and run.
     """
 
-    def __init__(self, n: int, normalise: NormaliseConfig | None = None, cjk_n: int | None = None):
+    def __init__(self, n: int, normalise: NormaliseConfig, cjk_n: int | None = None):
         self.n, self.cjk_n = n, cjk_n or n
         self.pow, self.pow_inv = _powers(_WORD_PRIME, 1), _powers(_WORD_P_INV, 1)
         self.normaliser = Normaliser(normalise)
@@ -283,10 +283,9 @@ def verify_and_cluster(pairs: set[tuple[int, int]], shingle_set: Callable[[int],
     return NearDupResult(sorted(drop), sims, sizes)
 
 
-def find_near_duplicates(texts: Sequence[str], cfg: NearDedupConfig | None = None) -> NearDupResult:
+def find_near_duplicates(texts: Sequence[str], cfg: NearDedupConfig) -> NearDupResult:
     """In memory, for texts that fit: keeps each chunk's shingle hashes so candidates are not hashed twice.
     The clean stage streams instead (tasks/data/clean.py) and re-hashes only the candidates."""
-    cfg = cfg or NearDedupConfig()
     hasher, flats, sigs = ShingleHasher.configured(cfg), [], []
     ranges = byte_chunks(texts)
     for start, end in tqdm(ranges, desc="minhash", unit="chunk"):

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from tasks.common.jsonl import write_jsonl
+from tasks.common.modeling import split_last_reply
 from tasks.config import BenchmarkConfig
-from tasks.train.modeling import split_last_reply
 
 LOCAL_TASK = "heldout_reply_choice"
 

@@ -31,13 +31,7 @@ from rouge_score import rouge_scorer
 from tasks import tracking
 from tasks.common import plots, prometheus
 from tasks.common.jsonl import read_jsonl, write_json, write_jsonl
-from tasks.common.vllm_server import SERVED_NAME, VLLMServer
-from tasks.config import DeployConfig, EvaluateConfig, Paths
-from tasks.data.canaries import Canary
-from tasks.evaluate import benchmark
-from tasks.evaluate.judge import Judge, calibrate, judge_all, planted_pairs, win_rate
-from tasks.evaluate.rag import RagSet, held_out_set, judge_llm, judged_scores, rag_eval, user_set
-from tasks.train.modeling import (
+from tasks.common.modeling import (
     load_model,
     load_tokenizer,
     perplexity,
@@ -46,6 +40,13 @@ from tasks.train.modeling import (
     reply_batches,
     split_last_reply,
 )
+from tasks.common.vllm_server import SERVED_NAME, VLLMServer
+from tasks.config import EvaluateConfig, VllmConfig
+from tasks.data.canaries import Canary
+from tasks.evaluate import benchmark
+from tasks.evaluate.judge import Judge, calibrate, judge_all, planted_pairs, win_rate
+from tasks.evaluate.rag import RagSet, held_out_set, judge_llm, judged_scores, rag_eval, user_set
+from tasks.paths import Paths
 
 
 def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Path, pref_test: Path,
@@ -154,7 +155,7 @@ def timed(times: dict[str, float], part: str) -> Iterator[None]:
 
 
 def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
-                 deploy_cfg: DeployConfig, task_dir: Path, load_out: Path, times: dict[str, float], who: str,
+                 vllm_cfg: VllmConfig, task_dir: Path, load_out: Path, times: dict[str, float], who: str,
                  canaries: list[Canary] = ()) -> tuple[dict, dict[str, list[dict]]]:
     """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG, the benchmark and latency under
     load; returns the scores and the per-example tables (answers, rag, canary_probes), and adds each part's seconds
@@ -165,7 +166,7 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
     batches = reply_batches(tokenizer, test_set)
     # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
     longest = max(len(ids) for ids, _ in batches)
-    serve_cfg = deploy_cfg.model_copy(update={"max_model_len": max(deploy_cfg.max_model_len, longest + 1)})
+    serve_cfg = vllm_cfg.model_copy(update={"max_model_len": max(vllm_cfg.max_model_len, longest + 1)})
     with VLLMServer(serve_cfg, model_dir) as server:
         times[f"{who}: server start"] = server.startup_s
         with timed(times, f"{who}: served ppl"):
@@ -196,7 +197,7 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
 
 
 def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
-                   deploy_cfg: DeployConfig, task_dir: Path, answers: list[dict],
+                   vllm_cfg: VllmConfig, task_dir: Path, answers: list[dict],
                    times: dict[str, float]) -> tuple[dict, list[dict]] | None:
     """The registry's champion, served and scored exactly as the candidate was; its answers join the candidate's rows.
     Returns its scores and RAG rows (for the judge), or None before the first champion (the gates then say so)."""
@@ -204,14 +205,14 @@ def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: 
     if found is None:
         return None
     model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
-    scores, tables = score_served(model_dir, test_set, rag_set, cfg, deploy_cfg, task_dir,
+    scores, tables = score_served(model_dir, test_set, rag_set, cfg, vllm_cfg, task_dir,
                                   model_dir.parent / "load_test.json", times, "champion")
     for row, other in zip(answers, tables["answers"]):
         row |= {"champion_answer": other["answer"], "champion_rouge_l": other["rouge_l"]}
     return {"version": found["version"], **scores}, tables["rag"]
 
 
-def judged(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path, test_set: list[dict], rag_set: RagSet,
+def judged(cfg: EvaluateConfig, vllm_cfg: VllmConfig, base: Path, test_set: list[dict], rag_set: RagSet,
            tables: dict[str, list[dict]], champion: dict | None, champion_rag: list[dict], seed: int,
            times: dict[str, float]) -> dict:
     """The parts that need the judge, after the candidate's and champion's servers are down: pairwise win rate of the
@@ -224,7 +225,7 @@ def judged(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path, test_set: 
     with ExitStack() as stack:
         server = None
         if not jc.base_url:
-            judge_cfg = deploy_cfg.model_copy(update={"max_model_len": jc.max_model_len})
+            judge_cfg = vllm_cfg.model_copy(update={"max_model_len": jc.max_model_len})
             server = stack.enter_context(VLLMServer(judge_cfg, judge_dir))
             times["judge: server start"] = server.startup_s
         judge = Judge(jc.base_url or f"{server.base_url}/v1", jc.model or SERVED_NAME, jc.max_answer_chars,
@@ -232,7 +233,7 @@ def judged(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path, test_set: 
         if champion:
             opponent, theirs = f"champion v{champion['version']}", [r["champion_answer"] for r in rows]
         else:
-            answerer = server if server and judge_dir == base else stack.enter_context(VLLMServer(deploy_cfg, base))
+            answerer = server if server and judge_dir == base else stack.enter_context(VLLMServer(vllm_cfg, base))
             with timed(times, "judge: base answers"):
                 theirs = [a["answer"] for a in served_answers(answerer, test_set[:jc.size], cfg)]
             opponent = "base"
@@ -258,7 +259,7 @@ def judged(cfg: EvaluateConfig, deploy_cfg: DeployConfig, base: Path, test_set: 
             "ragas": ragas}
 
 
-def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, canaries: list[Canary] = (),
+def evaluate(cfg: EvaluateConfig, vllm_cfg: VllmConfig, model_name: str, canaries: list[Canary] = (),
              seed: int = 0, base: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter,
              dpo_adapter: Path = Paths.dpo_adapter, quantized: Path = Paths.quantized,
              sft_test: Path = Paths.sft_test, pref_test: Path = Paths.pref_test,
@@ -269,17 +270,17 @@ def evaluate(cfg: EvaluateConfig, deploy_cfg: DeployConfig, model_name: str, can
     task_dir = benchmark.write_local_task(test_set, cfg.benchmark, out_dir / "benchmark", seed)
     metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test, cfg, task_dir, times)
     rag_set = user_set(cfg.rag) if cfg.rag.documents else held_out_set(test_set, cfg.rag)
-    served, tables = score_served(quantized, test_set, rag_set, cfg, deploy_cfg, task_dir, out_dir / "load_test.json",
+    served, tables = score_served(quantized, test_set, rag_set, cfg, vllm_cfg, task_dir, out_dir / "load_test.json",
                                   times, "candidate", canaries)
     metrics["ppl"] |= served.pop("ppl")
     metrics["benchmark"]["served"] = served.pop("benchmark")
     metrics |= served
-    champion, champion_rag = score_champion(model_name, test_set, rag_set, cfg, deploy_cfg, task_dir,
+    champion, champion_rag = score_champion(model_name, test_set, rag_set, cfg, vllm_cfg, task_dir,
                                             tables["answers"], times) or (None, [])
     if champion:
         metrics["champion"] = champion
     if cfg.judge.size or cfg.judge.calibration_size or cfg.judge.ragas_size:
-        found = judged(cfg, deploy_cfg, base, test_set, rag_set, tables, champion, champion_rag, seed, times)
+        found = judged(cfg, vllm_cfg, base, test_set, rag_set, tables, champion, champion_rag, seed, times)
         metrics["judge"] = found["judge"]
         metrics["rag"] |= found["ragas"].get("candidate", {})
         if champion:

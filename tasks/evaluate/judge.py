@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from tasks.common.modeling import split_last_reply
 from tasks.common.vllm_server import http_json
 from tasks.evaluate.rag import SENTENCE_END
-from tasks.train.modeling import split_last_reply
 
 VERDICT_SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["A", "B", "tie"]}},
                   "required": ["verdict"]}

@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from tasks.common.jsonl import read_jsonl
+from tasks.common.modeling import split_last_reply
 from tasks.common.vllm_server import VLLMServer
 from tasks.config import RagConfig
-from tasks.train.modeling import split_last_reply
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from tasks.config import Paths
+from tasks.paths import Paths
 
 WIDTH = 118
 LABEL = 16
@@ -79,9 +79,10 @@ def _data(paths: dict[str, str], word: str) -> list[str]:
 
 def _stage(entry: dict) -> list[str]:
     sections = sorted({k.split(".")[0] for k in entry.get("params", {})})
-    params = ", ".join(f"{s} ×{sum(k.startswith(s + '.') for k in entry['params'])}" for s in sections) or "-"
-    lines = [f"{entry['stage']:<12} {_id(entry.get('run_id')):<9} {entry.get('status', '-'):<9} "
-             f"{_made_in(entry):<32} {_id(entry.get('git_commit')):<9} {params}"]
+    params = [f"{s} ×{sum(k.startswith(s + '.') for k in entry['params'])}" for s in sections] or ["-"]
+    head = (f"{entry['stage']:<12} {_id(entry.get('run_id')):<9} {entry.get('status', '-'):<9} "
+            f"{_made_in(entry):<32} {_id(entry.get('git_commit')):<9} ")
+    lines = _pack(params, head, " " * len(head), ", ")
     lines += _pack(_data(entry.get("inputs", {}), "in") + _data(entry["outputs"], "out"), " " * 13, " " * 16)
     if "run_id" not in entry:
         lines.append(" " * 13 + "outputs as dvc.lock had them when the version was registered")
@@ -120,9 +121,9 @@ def _clean(counts: dict) -> list[str]:
     return _pack(items + pii, f"{'clean':<{LABEL}}", " " * LABEL, " ")
 
 
-def _deployment(found: dict) -> str:
+def _smoke_test(found: dict) -> str:
     if not found:
-        return "no deploy run found"
+        return "no smoke_test run found"
     text = ", ".join(f"{k} {_num(found[k])} s" for k in ("startup_s", "smoke_latency_s") if k in found)
     text += f"; answered {found['smoke_answer']!r}" if "smoke_answer" in found else ""
     return text + "".join(f"; {k} {found[k]}" for k in ("mode", "dtype", "model_dir") if k in found)
@@ -160,7 +161,7 @@ def render(chain: dict) -> str:
     lines += [""] + _clean(chain["clean"])
     figures = [f"{k} {_num(v)}" for k, v in chain["eval"].items()] or ["no evaluate run found"]
     lines += _pack(figures, f"{'eval':<{LABEL}}", " " * LABEL)
-    lines += _line("deployment", _deployment(chain["deployment"]))
+    lines += _line("smoke test", _smoke_test(chain["smoke_test"]))
     if "check" in chain:
         lines += _check(chain["check"])
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from tasks.ops.lineage_check import owner
 
 CLEAN_COUNTS = ("rows_in", "rows_kept", "rows_dropped", "rows_pii_scrubbed")
-DEPLOY_FIELDS = ("dtype", "model_dir", "smoke_prompt", "smoke_answer", "mode")
+SMOKE_FIELDS = ("dtype", "model_dir", "smoke_prompt", "smoke_answer", "mode")
 
 
 class LineageError(RuntimeError):
@@ -186,14 +186,14 @@ def _time(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else None
 
 
-def _deployment(client: MlflowClient, run_id: str) -> dict:
-    """The deploy stage's deployment.json artifact, when it logged one."""
+def _smoke_test(client: MlflowClient, run_id: str) -> dict:
+    """The smoke_test stage's result.json artifact, when it logged one."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            found = json.loads(Path(client.download_artifacts(run_id, "deployment.json", tmp)).read_text())
+            found = json.loads(Path(client.download_artifacts(run_id, "result.json", tmp)).read_text())
         except (MlflowException, OSError, ValueError):
             return {}
-    return {k: found[k] for k in DEPLOY_FIELDS if k in found}
+    return {k: found[k] for k in SMOKE_FIELDS if k in found}
 
 
 def lineage(client: MlflowClient, version: ModelVersion, stages: list[str], eval_figures: tuple[str, ...],
@@ -209,7 +209,7 @@ def lineage(client: MlflowClient, version: ModelVersion, stages: list[str], eval
     by_stage = {e["stage"]: e for e in entries}
     clean = by_stage.get("clean", {}).get("metrics", {})
     evaluate = by_stage.get("evaluate", {}).get("metrics", {})
-    deploy = by_stage.get("deploy", {})
+    smoke = by_stage.get("smoke_test", {})
     return {
         "model": version.name, "version": int(version.version), "aliases": sorted(version.aliases),
         "uri": f"models:/{version.name}/{version.version}", "registered": _time(version.creation_timestamp),
@@ -225,6 +225,6 @@ def lineage(client: MlflowClient, version: ModelVersion, stages: list[str], eval
         "stages": entries,
         "clean": {k: v for k, v in clean.items() if k in CLEAN_COUNTS or k.startswith("dropped_by_reason.")},
         "eval": {k: evaluate[k] for k in eval_figures if k in evaluate},
-        "deployment": ({k: deploy["metrics"][k] for k in ("startup_s", "smoke_latency_s") if k in deploy["metrics"]}
-                       | _deployment(client, deploy["run_id"])) if deploy.get("run_id") else {},
+        "smoke_test": ({k: smoke["metrics"][k] for k in ("startup_s", "smoke_latency_s") if k in smoke["metrics"]}
+                       | _smoke_test(client, smoke["run_id"])) if smoke.get("run_id") else {},
     }

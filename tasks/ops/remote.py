@@ -1,4 +1,4 @@
-"""Push the pipeline's outputs to the DVC remote, the raw corpus only when asked: `python -m tasks.ops.remote
+"""Push the pipeline's outputs to the DVC remote, the raw corpus only when asked: `python -m tasks push
 [--remote NAME] [--include-raw]`.
 
 data/ingested is the corpus as it came in, PII and all (dvc.yaml marks it `push: false`); everything downstream of
@@ -44,12 +44,13 @@ def push_outputs(root: Path = Path("."), remote: str | None = None, include_raw:
         return Pushed(name, url, files, () if include_raw else tuple(str(out) for out in raw))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks push", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--remote", help="a remote named in .dvc/config (default: core.remote)")
     parser.add_argument("--include-raw", action="store_true",
                         help="also push outputs marked push: false (data/ingested: the raw corpus with its PII)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     pushed = push_outputs(remote=args.remote, include_raw=args.include_raw)
     if pushed is None:
         raise SystemExit("no DVC remote: name one (--remote) or set a default (dvc remote add -d NAME URL)")
@@ -58,7 +59,4 @@ def main() -> None:
         print(f"not pushed (push: false, raw data with PII): {', '.join(pushed.not_pushed)}; --include-raw adds them")
     elif args.include_raw:
         print("raw outputs included (--include-raw)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

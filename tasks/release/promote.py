@@ -16,9 +16,6 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from tasks import tracking
 from tasks.config import load_config
 
@@ -33,27 +30,18 @@ def audit_tags(by: str, reason: str, previous: int | None) -> dict[str, str]:
     return tags | ({"previous_champion": str(previous)} if previous is not None else {})
 
 
-def _move(name: str, version: int, tags: dict[str, str]) -> None:
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
-    client.set_registered_model_alias(name, "champion", str(version))
-
-
 def promote(name: str, version: int, reason: str = "", force: bool = False) -> dict:
-    client = MlflowClient()
-    try:
-        found = client.get_model_version(name, str(version))
-    except MlflowException as err:
-        raise PromotionError(f"{name} has no version {version}") from err
+    found = tracking.model_version(name, version)
+    if found is None:
+        raise PromotionError(f"{name} has no version {version}")
     current = tracking.champion(name)
     if current and current["version"] == version:
         raise PromotionError(f"version {version} is already @champion")
-    if found.tags.get("gates") != "passed" and not (force and reason):
-        why = found.tags.get("failed_gates") or found.description or "no gate record"
+    if found["tags"].get("gates") != "passed" and not (force and reason):
+        why = found["tags"].get("failed_gates") or found["description"] or "no gate record"
         raise PromotionError(f"version {version} did not pass its gates ({why}); promote it anyway with "
                              "--force --reason \"...\"")
-    _move(name, version, audit_tags("promote", reason or "promoted by hand", current and current["version"]))
+    tracking.move_alias(name, version, audit_tags("promote", reason or "promoted by hand", current and current["version"]))
     return {"champion": version, "previous_champion": current and current["version"]}
 
 
@@ -61,16 +49,24 @@ def rollback(name: str, reason: str = "") -> dict:
     current = tracking.champion(name)
     if current is None:
         raise PromotionError(f"{name} has no @champion to roll back")
-    tags = MlflowClient().get_model_version(name, str(current["version"])).tags
+    tags = current["tags"]
     if "previous_champion" not in tags:
         raise PromotionError(f"version {current['version']} replaced no champion: there is nothing to roll back to")
     target = int(tags["previous_champion"])
     trail = audit_tags("rollback", reason or f"rolled back from version {current['version']}", None)
-    _move(name, target, trail | {"rolled_back_from": str(current["version"])})
+    tracking.move_alias(name, target, trail | {"rolled_back_from": str(current["version"])})
     return {"champion": target, "rolled_back_from": current["version"]}
 
 
-def main(command: str, argv: list[str]) -> int:
+def main_promote(argv: list[str]) -> int:
+    return _main("promote", argv)
+
+
+def main_rollback(argv: list[str]) -> int:
+    return _main("rollback", argv)
+
+
+def _main(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m tasks {command}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if command == "promote":

@@ -17,8 +17,9 @@ from tasks import tracking
 from tasks.common import plots
 from tasks.common.jsonl import write_json
 from tasks.common.vllm_server import LOG_DIR
-from tasks.config import GatesConfig, Paths
+from tasks.config import GatesConfig
 from tasks.data.canaries import Canary, scan
+from tasks.paths import Paths
 from tasks.release.promote import audit_tags
 from tasks.release.report import run_report
 
@@ -27,7 +28,7 @@ from tasks.release.report import run_report
 SCANNED = (Paths.data, Path("mlruns"), Paths.champion_cache, LOG_DIR, Path(".prefect"))
 
 
-def check_gates(cfg: GatesConfig, metrics: dict, quantization: dict, deployment: dict) -> list[dict]:
+def check_gates(cfg: GatesConfig, metrics: dict, quantization: dict, smoke: dict) -> list[dict]:
     """Each ratio compares like with like: the same dtype and code path on both sides (see tasks/serve/quantize.py)."""
     ppl = metrics["ppl"]
     rows = [
@@ -37,7 +38,7 @@ def check_gates(cfg: GatesConfig, metrics: dict, quantization: dict, deployment:
         ("preference accuracy", metrics["pref_accuracy"], ">=", cfg.min_pref_accuracy),
         ("ROUGE-L", metrics["rouge_l"], ">=", cfg.min_rouge_l),
         ("failed load-test requests", metrics["serving"]["requests_failed"], "<=", 0),
-        ("smoke test answered", int(bool(deployment.get("smoke_answer", "").strip())), ">=", 1),
+        ("smoke test answered", int(bool(smoke.get("smoke_answer", "").strip())), ">=", 1),
     ]
     return [_gate(*row) for row in rows]
 
@@ -125,13 +126,13 @@ def eval_summary(metrics: dict) -> dict[str, str]:
 
 
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
-             quantize_metrics: Path = Paths.stage_results / "quantize.json", deploy_report: Path = Paths.deploy_report,
+             quantize_metrics: Path = Paths.stage_results / "quantize.json", smoke_test: Path = Paths.smoke_test,
              out: Path = Paths.registry_report, report_md: Path = Paths.run_report,
              plot: Path = Paths.vs_champion_plot, stage_order: Sequence[str] = (), canaries: list[Canary] = (),
              scanned: Sequence[Path] = SCANNED) -> dict:
     metrics = json.loads(metrics_file.read_text())
     quantization = json.loads(quantize_metrics.read_text())
-    deployment = json.loads(deploy_report.read_text())
+    smoke = json.loads(smoke_test.read_text())
     comparisons = compare_with_champion(cfg, metrics)
     measured = metrics.get("champion", {}).get("version")
     if comparisons:
@@ -142,7 +143,7 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     if current and current["version"] != measured:   # another run was promoted after evaluate measured this one
         comparisons.append({"gate": "champion unchanged since evaluate", "value": current["version"], "op": "==",
                             "limit": measured, "passed": False})
-    gates = check_gates(cfg, metrics, quantization, deployment) + comparisons
+    gates = check_gates(cfg, metrics, quantization, smoke) + comparisons
     if canaries:
         found = scan(scanned, canaries, skip=[Paths.ingested.parent])
         gates += [_gate("canary secrets in outputs, stores and logs", len(found), "<=", 0) | {"files": sorted(found)},
@@ -163,6 +164,6 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
             tags |= audit_tags("register", "all gates passed", current and current["version"])
         result |= tracking.register_model(model_name, model_dir, alias, why, tags)
     write_json(out, result)
-    report_md.write_text(run_report(result, metrics | {"quantization": quantization}, deployment, stage_order))
+    report_md.write_text(run_report(result, metrics | {"quantization": quantization}, smoke, stage_order))
     return {"alias": alias, "promoted": int(alias == "champion"), "gates_passed": len(gates) - len(failed) - len(skipped), "gates_failed": len(failed),
             "gates_skipped": len(skipped), "version": result.get("version", 0)}

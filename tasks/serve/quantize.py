@@ -27,9 +27,10 @@ import torch
 
 from tasks.common.adapter_folder import write_adapter_folder
 from tasks.common.jsonl import read_jsonl
-from tasks.config import Paths, QuantizeConfig
+from tasks.common.modeling import is_adapter, load_model, load_tokenizer, perplexity
+from tasks.config import QuantizeConfig
+from tasks.paths import Paths
 from tasks.serve.gguf_export import export_gguf, load_gguf
-from tasks.train.modeling import is_adapter, load_model, load_tokenizer, perplexity
 
 
 def folder_mb(path: Path) -> float:
@@ -104,13 +105,13 @@ def merge_and_quantize(cfg: QuantizeConfig, base_model: Path = Paths.base_model,
                        gguf_dir: Path = Paths.gguf, lora: bool = False) -> dict:
     """The merged model, the served quantization of it, and each variant in quantize.compare and quantize.gguf
     measured the same way (size, held-out ppl through one fp32 forward) for the report. With `lora`
-    (deploy.mode: lora) the served folder is the adapter on its base instead, nothing quantized: its reference ppl is
+    (vllm.mode: lora) the served folder is the adapter on its base instead, nothing quantized: its reference ppl is
     the merged model's, which is what vLLM computes from base + adapter."""
     from transformers import AutoModelForCausalLM
 
     if lora and not is_adapter(adapter):
-        raise ValueError(f"deploy.mode lora serves a LoRA adapter, and {adapter} is a whole model (dpo.adapter: full): "
-                         "use deploy.mode merged, or train with dpo.adapter lora")
+        raise ValueError(f"vllm.mode lora serves a LoRA adapter, and {adapter} is a whole model (dpo.adapter: full): "
+                         "use vllm.mode merged, or train with dpo.adapter lora")
 
     tokenizer = load_tokenizer(base_model)
     model = load_model(base_model, adapter=adapter)        # a full fine-tune's folder loads as the whole model

@@ -1,4 +1,4 @@
-"""Load test with vLLM's own benchmark client; runs in the serving environment (`deploy.python -m tasks.serve.serve_bench`).
+"""Load test with vLLM's own benchmark client; runs in the serving environment (`vllm.python -m tasks.serve.serve_bench`).
 
 vLLM's `benchmarks.serve` is the field's reference for TTFT/TPOT/throughput numbers, so its figures compare with
 anyone else's. Kept free of project imports: the serving env has vllm, not the training stack.

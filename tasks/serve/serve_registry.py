@@ -1,10 +1,10 @@
 """`make serve`: the registry's @champion behind one stable address, following the alias, until Ctrl-C or SIGTERM.
 
-    python -m tasks.serve.serve_registry [--alias champion | --version N] [--port P] [--params params.yaml]
+    python -m tasks serve [--alias champion | --version N] [--port P] [--params params.yaml]
 
 A proxy on serve.host:serve.port (127.0.0.1:8000 by default; tasks/serve/proxy.py) answers OpenAI-compatible
 requests under the registered model's name, with per-request caps (serve.max_n, max_tokens, max_request_bytes), and
-stamps each answer with `x-model-version`. Behind it, vLLM (the serving env, `deploy` settings) serves the version the
+stamps each answer with `x-model-version`. Behind it, vLLM (the serving env, `vllm` settings) serves the version the
 alias points at, fetched once into .cache/champion/vN. Every serve.poll_s the alias is looked up again: when
 `promote` or `rollback` moved it, the new version starts beside the old one, traffic moves once it is healthy, and
 the old one stops after its last request (tasks/serve/swap.py). `--version N` pins a version and does not follow.
@@ -20,9 +20,9 @@ import threading
 import time
 
 from tasks import tracking
+from tasks.common import prometheus
 from tasks.common.vllm_server import ServerError
 from tasks.config import apply_runtime_env, load_config
-from tasks.common import prometheus
 from tasks.serve.proxy import Backend, Proxy
 from tasks.serve.swap import swap
 
@@ -33,16 +33,7 @@ START_ATTEMPTS = 2
 
 def resolve(name: str, alias: str, version: int | None) -> dict | None:
     """{version, source} of `version`, or of the version `alias` points at; None when there is none."""
-    if version is None:
-        return tracking.champion(name, alias)
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = MlflowClient().get_model_version(name, str(version))
-    except MlflowException:
-        return None
-    return {"version": int(found.version), "source": found.source}
+    return tracking.champion(name, alias) if version is None else tracking.model_version(name, version)
 
 
 def banner(name: str, wanted: str, version: int, url: str) -> str:
@@ -105,7 +96,7 @@ def follow(proxy: Proxy, name: str, alias: str, cfg, stop: threading.Event) -> i
             continue
         print(f"@{alias} moved: version {backend.version} -> {found['version']}", flush=True)
         try:
-            swap(proxy, found, name, cfg.deploy, cfg.serve.drain_timeout_s)
+            swap(proxy, found, name, cfg.vllm, cfg.serve.drain_timeout_s)
         except ServerError as err:
             tries[found["version"]] = tries.get(found["version"], 0) + 1
             again = "trying once more" if tries[found["version"]] < START_ATTEMPTS else "not trying again"
@@ -114,8 +105,9 @@ def follow(proxy: Proxy, name: str, alias: str, cfg, stop: threading.Event) -> i
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--version", type=int, help="serve this version and do not follow an alias")
     parser.add_argument("--port", type=int, help="the address users call: default serve.port (0 = a free port)")
@@ -137,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):   # set before the start, so a signal during it still stops vLLM
         signal.signal(sig, lambda *_: stop.set())
-    proxy = Proxy(cfg.serve, cfg.deploy.request_timeout_s)
+    proxy = Proxy(cfg.serve, cfg.vllm.request_timeout_s)
     try:
         proxy.start()
     except OSError as err:
@@ -146,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         with tracking.serving_run(name, following or f"v{args.version}", {"serve.url": proxy.url}):
-            swap(proxy, found, name, cfg.deploy, cfg.serve.drain_timeout_s)
+            swap(proxy, found, name, cfg.vllm, cfg.serve.drain_timeout_s)
             print(banner(name, wanted, found["version"], proxy.url), flush=True)
             code = follow(proxy, name, following, cfg, stop)
     except ServerError as err:
@@ -159,7 +151,3 @@ def main(argv: list[str] | None = None) -> int:
     if code == 0:
         print("stopped", flush=True)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

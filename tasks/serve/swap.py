@@ -2,7 +2,7 @@
 and the old one is stopped only after its last request has finished. A version that fails to start never gets
 traffic: the old one keeps serving, and the error (with vLLM's log tail) says why.
 
-LoRA versions (`deploy.mode: lora`) on the base already being served need no second server: the new adapter is
+LoRA versions (`vllm.mode: lora`) on the base already being served need no second server: the new adapter is
 loaded into the running one (`/v1/load_lora_adapter`, ~0.02 s), traffic moves to it by name, and the old adapter is
 unloaded once drained.
 
@@ -10,35 +10,35 @@ On a CPU host the two servers take turns on two halves of the cores (`cpu_slot`)
 threads, by default to the same core in every server: measured on a 2-core EPYC, a second server's worker started
 beside a loaded first one got no CPU at all and was not healthy after 300 s; bound to the other core it was healthy
 in 62 s while the first answered 262 requests meanwhile. Servers start their engine processes with `spawn`
-(`VLLM_WORKER_MULTIPROC_METHOD` in deploy.env): with vLLM's default `fork`, a second server started beside a loaded
+(`VLLM_WORKER_MULTIPROC_METHOD` in vllm.env): with vLLM's default `fork`, a second server started beside a loaded
 one stalled before its EngineCore printed a line, in 1 of 4 swap tests last time and 2 of 2 attempts once (a fork
 of a process whose threads hold locks); with spawn the same test passed at once (185 s instead of failing at 792 s).
 """
 from __future__ import annotations
 
-import time
 import os
+import time
 from pathlib import Path
 
 from tasks import tracking
 from tasks.common.adapter_folder import AdapterError, base_of, is_adapter_folder
 from tasks.common.hardware import has_cuda_gpu
 from tasks.common.vllm_server import ServerError, VLLMServer
-from tasks.config import DeployConfig, Paths
+from tasks.config import VllmConfig
+from tasks.paths import Paths
 from tasks.serve.proxy import Backend, Proxy
-
 
 CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 
 
-def cpu_slot(deploy: DeployConfig, slot: int) -> DeployConfig:
-    """`deploy` with vLLM's CPU threads on half `slot` (0 or 1) of this process's cores; unchanged on a GPU host, on
-    one core, or where deploy.env already chooses the binding."""
+def cpu_slot(vllm: VllmConfig, slot: int) -> VllmConfig:
+    """`vllm` with vLLM's CPU threads on half `slot` (0 or 1) of this process's cores; unchanged on a GPU host, on
+    one core, or where vllm.env already chooses the binding."""
     cores = sorted(os.sched_getaffinity(0))
-    if has_cuda_gpu() or len(cores) < 2 or CPU_BIND in deploy.env:
-        return deploy
+    if has_cuda_gpu() or len(cores) < 2 or CPU_BIND in vllm.env:
+        return vllm
     half = cores[:len(cores) // 2] if slot == 0 else cores[len(cores) // 2:]
-    return deploy.model_copy(update={"env": {**deploy.env, CPU_BIND: ",".join(map(str, half))}})
+    return vllm.model_copy(update={"env": {**vllm.env, CPU_BIND: ",".join(map(str, half))}})
 
 
 def fetched(found: dict) -> Path:
@@ -46,9 +46,9 @@ def fetched(found: dict) -> Path:
     return tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
 
 
-def start_backend(found: dict, served_name: str, deploy: DeployConfig, slot: int = 0) -> Backend:
+def start_backend(found: dict, served_name: str, vllm: VllmConfig, slot: int = 0) -> Backend:
     """`found` healthy behind a new vLLM server on a free port."""
-    server = VLLMServer(cpu_slot(deploy, slot).model_copy(update={"port": 0}), fetched(found),
+    server = VLLMServer(cpu_slot(vllm, slot).model_copy(update={"port": 0}), fetched(found),
                         served_name=served_name).start()
     return Backend(url=server.base_url, version=found["version"], server=server, slot=slot)
 
@@ -69,7 +69,7 @@ def load_beside(old: Backend, found: dict, served_name: str) -> Backend | None:
                    renamed={served_name: name})
 
 
-def swap(proxy: Proxy, found: dict, served_name: str, deploy: DeployConfig, drain_timeout_s: float,
+def swap(proxy: Proxy, found: dict, served_name: str, vllm: VllmConfig, drain_timeout_s: float,
          say=print) -> Backend:
     """Serve `found` instead of the proxy's current backend, without failing a request; returns the new backend.
     Raises ServerError (the old version still serving) when the new one does not come up."""
@@ -78,7 +78,7 @@ def swap(proxy: Proxy, found: dict, served_name: str, deploy: DeployConfig, drai
     new = load_beside(old, found, served_name) if old else None
     if new is None:
         say(f"starting version {found['version']}" + (f" beside version {old.version}" if old else ""), flush=True)
-        new = start_backend(found, served_name, deploy, slot=1 - old.slot if old else 0)
+        new = start_backend(found, served_name, vllm, slot=1 - old.slot if old else 0)
     proxy.switch(new)
     how = "loaded as a LoRA adapter on the running server" if old and new.server is old.server else "healthy"
     say(f"version {found['version']} {how} after {time.monotonic() - t0:.1f} s: new requests go to it", flush=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from tasks.common.modeling import is_adapter, load_model
 from tasks.config import DpoConfig, SftConfig, TrainConfig
-from tasks.train.modeling import is_adapter, load_model
 
 
 def check_supported(cfg: TrainConfig, section: str) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from tasks.config import BaseModelConfig, Paths
+from tasks.config import BaseModelConfig
+from tasks.paths import Paths
 
 EMBEDDED = "smollm2-gguf"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks.common.code_deps import closure
+
 ROOT = Path(".checkpoints")
 STATE_FILE = "trainer_state.json"   # HF writes it last: a checkpoint without it was cut off mid-save
-CODE = [Path(__file__).with_name(f"{name}.py") for name in
-        ("sft", "dpo", "training", "adapters", "chat_template", "modeling", "checkpoints")]
+# the training stages' code: every file sft.py and dpo.py reach through their imports (tasks/common/code_deps.py)
+CODE = sorted(closure((Path(__file__).with_name("sft.py"), Path(__file__).with_name("dpo.py"))))
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
 
 

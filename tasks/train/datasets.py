@@ -12,9 +12,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.config import DatasetsConfig, Paths
+from tasks.common.modeling import load_tokenizer
+from tasks.config import DatasetsConfig
 from tasks.data.split import in_test_split
-from tasks.train.modeling import load_tokenizer
+from tasks.paths import Paths
 
 
 def fitting_messages(messages: list[dict], tokenizer, max_tokens: int) -> list[dict] | None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from datasets import Dataset
 
 from tasks.common.jsonl import read_jsonl
-from tasks.config import DpoConfig, Paths
+from tasks.common.modeling import load_tokenizer
+from tasks.config import DpoConfig
+from tasks.paths import Paths
 from tasks.train import adapters, checkpoints
-from tasks.train.modeling import load_tokenizer
 from tasks.train.training import train, trainer_args
 
 

@@ -18,9 +18,10 @@ import torch
 from tqdm import tqdm
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.config import PairsConfig, Paths
+from tasks.common.modeling import load_model, load_tokenizer
+from tasks.config import PairsConfig
 from tasks.data.split import in_test_split
-from tasks.train.modeling import load_model, load_tokenizer
+from tasks.paths import Paths
 
 
 def cut_to_budget(text: str, tokenizer, max_tokens: int) -> tuple[str, int]:

@@ -11,10 +11,11 @@ from pathlib import Path
 from datasets import Dataset
 
 from tasks.common.jsonl import read_jsonl
-from tasks.config import Paths, SftConfig
+from tasks.common.modeling import load_tokenizer
+from tasks.config import SftConfig
+from tasks.paths import Paths
 from tasks.train import adapters, checkpoints
 from tasks.train.chat_template import check_assistant_mask
-from tasks.train.modeling import load_tokenizer
 from tasks.train.training import train, trainer_args
 
 

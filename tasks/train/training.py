@@ -14,9 +14,9 @@ from transformers import TrainerCallback
 from tasks import tracking
 from tasks.common import plots
 from tasks.common.jsonl import write_json
+from tasks.common.modeling import use_bf16
 from tasks.config import TrainConfig
 from tasks.train import checkpoints
-from tasks.train.modeling import use_bf16
 
 
 def trainer_args(cfg: TrainConfig, checkpoint_dir: Path, seed: int, count_tokens: bool = True) -> dict:

@@ -13,9 +13,8 @@ from typing import NamedTuple
 import pytest
 
 from tasks.common.jsonl import read_jsonl
-from tasks.config import CleanConfig, IngestConfig
 from tasks.data.ingest import ingest
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 BIG = 10 * 2**20                     # the "10 MB single line"
 
@@ -107,7 +106,7 @@ def ingested(tmp_path_factory) -> tuple[dict[int, Row], Path, int]:
     d = tmp_path_factory.mktemp("bad")
     rows = write_bad_corpus(d / "raw.jsonl")
     tracemalloc.start()
-    ingest(IngestConfig(source=str(d / "raw.jsonl")), d / "ingested.jsonl", d / "quarantine.jsonl", d / "report.json")
+    ingest(configured("ingest", source=str(d / "raw.jsonl")), d / "ingested.jsonl", d / "quarantine.jsonl", d / "report.json")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return rows, d, peak
@@ -141,8 +140,8 @@ def test_clean_drops_what_ingest_let_through_with_its_reason_and_keeps_the_good_
     from tasks.data.clean import clean  # imported here: the ingest tests must not depend on clean importing
 
     rows, d, _ = ingested
-    counts = clean(CleanConfig(), d / "ingested.jsonl", d / "clean.jsonl", d / "audit.jsonl", d / "c.json",
-                   d / "c.md", d / "plots")
+    counts = clean(configured("clean"), d / "ingested.jsonl", d / "clean.jsonl", d / "audit.jsonl", d / "c.json",
+                   d / "c.md", d / "plots", held_out_fraction=configured("datasets").test_fraction)
 
     survivors = [row for row in rows.values() if not row.ingest]
     assert counts["rows_in"] == len(survivors) == counts["rows_kept"] + counts["rows_dropped"]
@@ -164,7 +163,7 @@ def test_ingest_streams_its_input(tmp_path, suffix):
         f.write("]\n" if suffix == ".json" else "")
 
     tracemalloc.start()
-    counts = ingest(IngestConfig(source=str(src)), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl", tmp_path / "r.json")
+    counts = ingest(configured("ingest", source=str(src)), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl", tmp_path / "r.json")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
 

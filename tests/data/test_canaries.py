@@ -6,11 +6,10 @@ import sqlite3
 import phonenumbers
 
 from tasks.common.jsonl import write_jsonl
-from tasks.config import GatesConfig, IngestConfig, PiiConfig
 from tasks.data.canaries import EVERY_NTH_ROW, make_canaries, scan
 from tasks.data.ingest import ingest
 from tasks.data.pii import Scrubber, cn_id_ok
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 CANARIES = make_canaries(8, seed=0)
 
@@ -27,7 +26,7 @@ def test_canaries_are_valid_unique_and_follow_the_seed():
 
 
 def test_the_scrubber_removes_every_canary_from_its_sentence():
-    scrubber = Scrubber(PiiConfig())
+    scrubber = Scrubber(configured("clean.pii"))
     for canary in CANARIES:
         text, counts = scrubber.scrub(canary.sentence)
         assert not canary.leaked_in(text) and sum(counts.values()) == 1, (canary.kind, text)
@@ -37,7 +36,7 @@ def test_the_scrubber_removes_every_canary_from_its_sentence():
 def test_ingest_plants_them_spread_out_and_counts_still_reconcile(tmp_path):
     rows = [conversation(f"Question number {i}?", f"Answer number {i}.", f"r{i}") for i in range(300)]
     write_jsonl(tmp_path / "raw.jsonl", rows)
-    report = ingest(IngestConfig(source=str(tmp_path / "raw.jsonl")), tmp_path / "out.jsonl", tmp_path / "q.jsonl",
+    report = ingest(configured("ingest", source=str(tmp_path / "raw.jsonl")), tmp_path / "out.jsonl", tmp_path / "q.jsonl",
                     tmp_path / "report.json", canaries=CANARIES)
     assert report["canaries_planted"] == 8 and report["rows_kept"] == 300
     assert report["canary_rows"] == [f"r{i * EVERY_NTH_ROW}" for i in range(8)]
@@ -71,7 +70,7 @@ def test_a_canary_in_the_outputs_or_from_the_model_refuses_the_candidate(tmp_pat
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(content)
     (tmp_path / "metrics.json").write_text(json.dumps({**GOOD, "canaries": {"probed": 8, "exposed": 1}}))
-    result = register(GatesConfig(), "m", tmp_path / "model", tmp_path / "metrics.json", tmp_path / "quantize.json",
+    result = register(configured("gates"), "m", tmp_path / "model", tmp_path / "metrics.json", tmp_path / "quantize.json",
                       tmp_path / "deployment.json", tmp_path / "registration.json", tmp_path / "report.md",
                       tmp_path / "vs.png", canaries=CANARIES, scanned=[tmp_path / "out"])
     registration = json.loads((tmp_path / "registration.json").read_text())

@@ -3,11 +3,10 @@ import json
 import pytest
 
 from tasks.common.jsonl import byte_ranges, read_jsonl, read_jsonl_range, write_jsonl
-from tasks.config import CleanConfig, IngestConfig
 from tasks.data.clean import clean
 from tasks.data.ingest import ingest
 from tasks.data.split import in_test_split
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 INLINE = {"executor": {"kind": "local", "workers": 1}}
 
@@ -18,8 +17,8 @@ def run_clean(tmp_path, rows_or_src, **cfg) -> tuple[dict, dict, list[dict]]:
         src = tmp_path / "in.jsonl"
         write_jsonl(src, rows_or_src)
     out, audit = tmp_path / "out.jsonl", tmp_path / "audit.jsonl"
-    counts = clean(CleanConfig.model_validate({**INLINE, **cfg}), src, out, audit, tmp_path / "r.json",
-                   tmp_path / "r.md", tmp_path / "plots")
+    counts = clean(configured("clean", **{**INLINE, **cfg}), src, out, audit, tmp_path / "r.json",
+                   tmp_path / "r.md", tmp_path / "plots", held_out_fraction=configured("datasets").test_fraction)
     return counts, {r["id"]: r for r in read_jsonl(out)}, list(read_jsonl(audit))
 
 
@@ -106,7 +105,7 @@ def test_byte_ranges_read_every_line_once(tmp_path):
 def sharegpt_sample(tmp_path_factory):
     """1,500 real ShareGPT conversations: natural duplicates, PII and several languages."""
     d = tmp_path_factory.mktemp("sample")
-    ingest(IngestConfig(max_records=1500), d / "conv.jsonl", d / "quarantine.jsonl", d / "report.json")
+    ingest(configured("ingest", max_records=1500), d / "conv.jsonl", d / "quarantine.jsonl", d / "report.json")
     return d / "conv.jsonl"
 
 

@@ -6,10 +6,10 @@ import pickle
 
 import pytest
 
-from tasks.config import DecontaminationConfig
 from tasks.data.decontaminate import Decontaminator, conversation_text, eval_texts_from
+from tests.conftest import configured
 
-CFG = DecontaminationConfig(ngram=13, min_containment=0.5)
+CFG = configured("clean.decontamination", ngram=13, min_containment=0.5)
 
 EVAL = [  # two held-out conversations
     conversation_text([
@@ -96,8 +96,8 @@ def test_short_eval_examples_use_8_grams():
 
 def test_ngram_length_is_configurable():
     row = "cats purr by rapidly twitching the muscles of the larynx while they breathe"    # 13 words of EVAL[0]
-    assert Decontaminator(EVAL, DecontaminationConfig(ngram=13)).match(row)[1] == 0
-    assert Decontaminator(EVAL, DecontaminationConfig(ngram=14)).match(row) is None
+    assert Decontaminator(EVAL, configured("clean.decontamination", ngram=13)).match(row)[1] == 0
+    assert Decontaminator(EVAL, configured("clean.decontamination", ngram=14)).match(row) is None
 
 
 def test_pickles_without_its_prefilter(decon):

@@ -4,13 +4,13 @@ import unicodedata
 import numpy as np
 import pytest
 
-from tasks.config import NearDedupConfig, NormaliseConfig
 from tasks.data.dedup import _CJK_RANGES, Normaliser, fingerprint
 from tasks.data.minhash import ShingleHasher, find_near_duplicates, shingle_strings, signatures
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 from tests.data.test_clean import run_clean
 
-OFF = NormaliseConfig(lowercase=False, punctuation=False, digits=False, width=False, diacritics=False)
+NORMALISE = configured("clean.near_dedup.normalise")
+OFF = configured("clean.near_dedup.normalise", lowercase=False, punctuation=False, digits=False, width=False, diacritics=False)
 # Real replies from the packaged ShareGPT, a light edit of each (Chinese: 的 dropped, 了 added, punctuation dropped,
 # added or switched to half width, 9 of 155 characters; English: commas, capitals, marks) and a reply on the same topic
 ZH = ("猫山王是指一种名贵的水果——榴莲的一个品种，也叫做“猫山皇”。猫山王榴莲产于东南亚地区，特别是马来西亚和印尼，"
@@ -60,7 +60,7 @@ def test_near_duplicates_removed_and_distinct_texts_kept():
         words[rng.randrange(len(words))] = "EDITED"
         variants.append(" ".join(words))
     texts = originals + variants
-    result = find_near_duplicates(texts, NearDedupConfig())
+    result = find_near_duplicates(texts, configured("clean.near_dedup"))
     dropped = {index for index, _, _ in result.drop}
     assert len(result.drop) == 10
     for i in range(10):                         # exactly one of each planted pair goes
@@ -71,7 +71,7 @@ def test_near_duplicates_removed_and_distinct_texts_kept():
 
 
 def test_signatures_estimate_jaccard_without_bias():
-    rng, hasher, errors = random.Random(1), ShingleHasher(5), []
+    rng, hasher, errors = random.Random(1), ShingleHasher(5, NORMALISE), []
     words = [f"w{i}" for i in range(500)]
     for _ in range(100):
         a = [rng.choice(words) for _ in range(200)]
@@ -85,7 +85,7 @@ def test_signatures_estimate_jaccard_without_bias():
 
 
 def test_shingles_ignore_case_width_and_whitespace_and_keep_short_documents():
-    hasher = ShingleHasher(3)
+    hasher = ShingleHasher(3, NORMALISE)
     assert np.array_equal(hasher("The cat sat on the mat"), hasher("the  CAT sat\non the mat"))
     assert np.array_equal(hasher("ＨＥＬＬＯ big world"), hasher("hello big world"))
     assert len(hasher("a b c d e")) == 3 and len(hasher("a b")) == 1 and len(hasher("")) == 1
@@ -95,7 +95,7 @@ def test_shingles_ignore_case_width_and_whitespace_and_keep_short_documents():
 
 def test_num_perm_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
-        NearDedupConfig(num_perm=100)
+        configured("clean.near_dedup", num_perm=100)
 
 
 def test_cjk_near_duplicates_are_caught_by_character_shingles():
@@ -108,10 +108,10 @@ def test_cjk_near_duplicates_are_caught_by_character_shingles():
     japanese = ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
                 "何でも薄暗いじめじめした所で泣いていた事だけは記憶している。")
     result = find_near_duplicates([base, other, near, japanese, japanese.replace("猫", "犬")],
-                                  NearDedupConfig(threshold=0.7))
+                                  configured("clean.near_dedup", threshold=0.7))
     dropped = {index for index, _, _ in result.drop}
     assert len(dropped & {0, 2}) == 1 and len(dropped & {3, 4}) == 1 and 1 not in dropped
-    assert len(ShingleHasher(5)(base)) > 100      # characters, not one giant "word"
+    assert len(ShingleHasher(5, NORMALISE)(base)) > 100      # characters, not one giant "word"
 
 
 def _reference(text: str) -> list[str]:
@@ -134,7 +134,7 @@ MIXED = ["Ünïcödé ÉCOLE café naïve — “quotes” «guillemets» 1,234.
 
 
 def test_normaliser_matches_its_per_character_definition_in_every_script():
-    norm = Normaliser()
+    norm = Normaliser(NORMALISE)
     assert [t.split() for t in norm.texts(MIXED)] == [_reference(t) for t in MIXED]
     assert norm.texts(["Hello, World! Café ＡＢＣ１２３ ５,000.5"])[0].split() == ["hello", "world", "cafe", "abc123",
                                                                             "0", "000", "0"]
@@ -153,11 +153,11 @@ def test_each_switch_folds_its_variation_which_is_kept_when_off():
         assert same(a, b, **{switch: True}) and not same(a, b), switch
     assert not same("order 12", "order 123", digits=True)      # a digit each: lengths still differ
     assert not same("python3 word7", "python2 word8", digits=True)   # digits in names stay
-    assert not same("你好世界", "你好地球", **NormaliseConfig().model_dump())
+    assert not same("你好世界", "你好地球", **configured("clean.near_dedup.normalise").model_dump())
 
 
 def test_vectorised_shingles_equal_plain_python_shingles():
-    hasher = ShingleHasher(5, NormaliseConfig(), cjk_n=3)
+    hasher = ShingleHasher(5, configured("clean.near_dedup.normalise"), cjk_n=3)
     texts = [ZH, EN, MIXED[0], MIXED[1], "我用 python 写代码", "短", "a b", ""]
     for text, normalised in zip(texts, hasher.normaliser.texts(texts)):
         assert len(hasher(text)) == len(shingle_strings(normalised, hasher)), text
@@ -168,12 +168,12 @@ def test_vectorised_shingles_equal_plain_python_shingles():
 @pytest.mark.parametrize("original, edited, other", [(ZH, ZH_EDITED, ZH_OTHER), (EN, EN_EDITED, EN_OTHER)],
                          ids=["chinese", "english"])
 def test_light_edits_are_near_duplicates_only_after_normalisation(original, edited, other):
-    on, off = ShingleHasher.configured(NearDedupConfig()), ShingleHasher.configured(NearDedupConfig(normalise=OFF))
+    on, off = ShingleHasher.configured(configured("clean.near_dedup")), ShingleHasher.configured(configured("clean.near_dedup", normalise=OFF))
     assert _jaccard(on(original), on(edited)) >= 0.85 and _jaccard(off(original), off(edited)) < 0.8
     assert _jaccard(on(original), on(other)) < 0.1
-    found = find_near_duplicates([original, other, edited], NearDedupConfig())
+    found = find_near_duplicates([original, other, edited], configured("clean.near_dedup"))
     assert {frozenset((d, k)) for d, k, _ in found.drop} == {frozenset((0, 2))}      # the pair merged, `other` kept
-    assert find_near_duplicates([original, other, edited], NearDedupConfig(normalise=OFF)).drop == []
+    assert find_near_duplicates([original, other, edited], configured("clean.near_dedup", normalise=OFF)).drop == []
 
 
 def test_clean_stage_applies_the_configured_normalisation(tmp_path):

@@ -3,9 +3,8 @@ the tail with reason and score in the audit, its counts reconcile, and the score
 import random
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.config import CleanConfig, PerplexityConfig, ToxicityConfig
 from tasks.data.perplexity import cutoff, reply_perplexities
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 FLUENT = [("How do I make a cup of tea?", "Boil fresh water, pour it over the tea bag, wait three minutes, then "
            "remove the bag and add milk if you like."),
@@ -21,15 +20,15 @@ def garbled(seed: int) -> str:
 
 
 def test_garbled_replies_score_far_above_fluent_ones_and_the_cutoff_is_the_percentile(base_model_dir):
-    cfg = PerplexityConfig(enabled=True, model=str(base_model_dir), batch_size=3)
+    cfg = configured("clean.perplexity", enabled=True, model=str(base_model_dir), batch_size=3)
     rows = [conversation(q, a, str(i))["messages"] for i, (q, a) in enumerate(FLUENT)]
     rows.append(conversation("Tell me something.", garbled(0), "g")["messages"])
     scores = reply_perplexities(rows, cfg)
     assert max(scores[:-1]) * 5 < scores[-1], scores
     alone = reply_perplexities(rows[:1], cfg)[0]
     assert abs(alone / scores[0] - 1) < 1e-4                     # padding in a batch does not change a score
-    assert cutoff([1, 2, 3, 4, 100], PerplexityConfig(percentile=80)) == 4
-    assert cutoff([1, 2, 3], PerplexityConfig(threshold=2.5)) == 2.5
+    assert cutoff([1, 2, 3, 4, 100], configured("clean.perplexity", percentile=80)) == 4
+    assert cutoff([1, 2, 3], configured("clean.perplexity", threshold=2.5)) == 2.5
 
 
 def test_clean_drops_the_high_perplexity_tail_with_its_score(base_model_dir, tmp_path):
@@ -38,8 +37,8 @@ def test_clean_drops_the_high_perplexity_tail_with_its_score(base_model_dir, tmp
     rows = [conversation(q, a, f"ok{i}") for i, (q, a) in enumerate(FLUENT)]
     rows += [conversation(f"Please answer question {i}.", garbled(i), f"bad{i}") for i in range(2)]
     write_jsonl(tmp_path / "in.jsonl", rows)
-    cfg = CleanConfig(perplexity=PerplexityConfig(enabled=True, model=str(base_model_dir), percentile=66),
-                      toxicity=ToxicityConfig(enabled=False))
+    cfg = configured("clean", perplexity=configured("clean.perplexity", enabled=True, model=str(base_model_dir), percentile=66),
+                      toxicity=configured("clean.toxicity", enabled=False))
     counts = clean(cfg, tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "audit.jsonl", tmp_path / "r.json",
                    tmp_path / "r.md", tmp_path / "plots", held_out_fraction=0.0)
     assert counts["dropped_by_reason"] == {"high_perplexity": 2}

@@ -3,10 +3,10 @@ import pickle
 
 import pytest
 
-from tasks.config import PiiConfig
 from tasks.data.pii import Scrubber, cn_id_ok, iban_ok, looks_random, luhn_ok, ssn_ok
+from tests.conftest import configured
 
-SCRUB = Scrubber(PiiConfig())
+SCRUB = Scrubber(configured("clean.pii"))
 
 # (text, placeholder, a raw fragment that must be gone)
 POSITIVE = [
@@ -138,7 +138,7 @@ def test_detect_returns_the_sorted_non_overlapping_spans_scrub_replaces():
 
 
 def test_only_configured_types_are_scrubbed():
-    only_email = Scrubber(PiiConfig(types=["email"]))
+    only_email = Scrubber(configured("clean.pii", types=["email"]))
     assert only_email.scrub("a@b.io +44 20 7946 0958") == ("<EMAIL> +44 20 7946 0958", {"email": 1})
 
 
@@ -165,7 +165,7 @@ def test_missing_ner_model_fails_clearly_without_downloading(monkeypatch):
 
     monkeypatch.setattr(spacy.cli, "download", lambda *a, **k: pytest.fail("tried to download a model"))
     with pytest.raises(ValueError, match="en_core_web_nonexistent.*install"):
-        Scrubber(PiiConfig(ner_model="en_core_web_nonexistent"))
+        Scrubber(configured("clean.pii", ner_model="en_core_web_nonexistent"))
 
 
 def test_ner_model_from_a_directory_scrubs_names_and_places(tmp_path, monkeypatch):
@@ -177,7 +177,7 @@ def test_ner_model_from_a_directory_scrubs_names_and_places(tmp_path, monkeypatc
     nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Alice Smith"},
                                                {"label": "GPE", "pattern": "Paris"}])
     nlp.to_disk(tmp_path / "ner")
-    scrubber = Scrubber(PiiConfig(ner_model=str(tmp_path / "ner")))
+    scrubber = Scrubber(configured("clean.pii", ner_model=str(tmp_path / "ner")))
     text = "Alice Smith moved to Paris; mail alice@example.com"
     expected = ("<PERSON> moved to <LOCATION>; mail <EMAIL>", {"person": 1, "location": 1, "email": 1})
     assert scrubber.scrub(text) == expected

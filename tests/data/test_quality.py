@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 
-from tasks.config import QualityConfig
 from tasks.data.quality import (
     FILTERS,
     assistant_replies,
@@ -19,9 +18,10 @@ from tasks.data.quality import (
     top_2gram_fraction,
     words,
 )
+from tests.conftest import configured
 
 # the thresholds measured and recommended for chat data, spelled out so these tests do not move with params.yaml
-CFG = QualityConfig(max_symbol_word_ratio=1.0, max_duplicate_line_fraction=0.5, max_top_2gram_fraction=0.5,
+CFG = configured("clean.quality", max_symbol_word_ratio=1.0, max_duplicate_line_fraction=0.5, max_top_2gram_fraction=0.5,
                     max_duplicate_5gram_fraction=0.6, min_mean_word_length=1.5, max_mean_word_length=10.0)
 
 PARAGRAPH = ("Photosynthesis is the process by which green plants turn light into chemical energy. Inside the "
@@ -72,7 +72,7 @@ def test_code_blocks_are_not_judged():
 
 
 def test_a_short_code_only_reply_is_kept_under_strict_thresholds():
-    strict = QualityConfig()     # Gopher's web thresholds
+    strict = configured("clean.quality")     # the pipeline's thresholds
     assert quality_reason(chat(f"```python\n{CODE}```", "Write stub handlers."), strict) is None
 
 

@@ -6,12 +6,12 @@ import json
 import pytest
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.config import CleanConfig, ToxicityConfig
+from tasks.config import ToxicityConfig
 from tasks.data.toxicity import Blocklist, toxic_replies
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 
-def verdicts(texts: list[str], cfg: ToxicityConfig = ToxicityConfig()) -> list[str | None]:
+def verdicts(texts: list[str], cfg: ToxicityConfig = configured("clean.toxicity")) -> list[str | None]:
     return [f and f[0] for f in toxic_replies([[{"role": "assistant", "content": t}] for t in texts], cfg)]
 
 
@@ -34,14 +34,14 @@ def test_lookalikes_pass(text):
 
 def test_only_the_configured_roles_are_judged_and_the_worst_reply_gives_the_score():
     rows = [[{"role": "user", "content": "You are a fucking idiot."}, {"role": "assistant", "content": "I'm sorry."}]]
-    assert toxic_replies(rows, ToxicityConfig()) == [None]
-    assert toxic_replies(rows, ToxicityConfig(roles=["user", "assistant"]))[0][0] == "toxic_blocklist"
+    assert toxic_replies(rows, configured("clean.toxicity")) == [None]
+    assert toxic_replies(rows, configured("clean.toxicity", roles=["user", "assistant"]))[0][0] == "toxic_blocklist"
 
 
 def test_a_users_blocklist_file_adds_terms_whole_words_latin_substrings_chinese(tmp_path):
     extra = tmp_path / "terms.txt"
     extra.write_text("# ours\nfrobnicate*\n垃圾人\n")
-    cfg = ToxicityConfig(blocklist_file=str(extra), threshold=1.0)
+    cfg = configured("clean.toxicity", blocklist_file=str(extra), threshold=1.0)
     assert verdicts(["They frobnicated it.", "你这个垃圾人", "unfrobnicate", "hello"], cfg) == \
         ["toxic_blocklist", "toxic_blocklist", None, None]
     terms = Blocklist(["kys", "傻逼", "fuck*"])
@@ -63,7 +63,7 @@ def test_clean_drops_toxic_rows_with_reason_and_score_and_counts_reconcile(tmp_p
                           "your own homework and stop wasting my time.", "bad-en"),
              conversation("你能帮我看看这段代码吗？谢谢你的帮助。", "你是个傻逼吧，这么简单的代码都不会写，自己去查文档。", "bad-zh")]
     write_jsonl(tmp_path / "in.jsonl", rows)
-    counts = clean(CleanConfig(), tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "audit.jsonl",
+    counts = clean(configured("clean"), tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "audit.jsonl",
                    tmp_path / "r.json", tmp_path / "r.md", tmp_path / "plots", held_out_fraction=0.0)
     assert counts["dropped_by_reason"] == {"toxic_blocklist": 2}
     assert counts["rows_in"] == counts["rows_kept"] + counts["rows_dropped"] == 8

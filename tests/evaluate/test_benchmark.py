@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from tasks.config import BenchmarkConfig
 from tasks.evaluate import benchmark
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 FACTS = [("What is the capital of France?", "The capital of France is Paris."),
          ("What do bees make?", "Bees make honey."),
@@ -14,7 +13,7 @@ FACTS = [("What is the capital of France?", "The capital of France is Paris."),
          ("What is frozen water called?", "Frozen water is called ice."),
          ("Which planet is closest to the sun?", "Mercury is the planet closest to the sun."),
          ("What language is spoken in Brazil?", "Portuguese is spoken in Brazil.")]
-CFG = BenchmarkConfig(size=6, choices=4, choice_chars=60)
+CFG = configured("evaluate.benchmark", size=6, choices=4, choice_chars=60)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def test_cut_ends_at_a_word_boundary():
 
 @pytest.mark.slow
 def test_the_base_model_picks_the_true_reply_in_transformers(base_model_dir, task_dir):
-    from tasks.train.modeling import load_model, load_tokenizer
+    from tasks.common.modeling import load_model, load_tokenizer
 
     scores = benchmark.run_transformers(load_model(base_model_dir), load_tokenizer(base_model_dir), CFG, task_dir)
     assert scores[benchmark.LOCAL_TASK]["acc"] >= 0.8

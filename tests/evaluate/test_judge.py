@@ -5,7 +5,7 @@ import math
 import pytest
 
 from tasks.evaluate.judge import PLANTED, Judge, calibrate, pairwise, planted_pairs, win_rate
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 FACTS = [("What is the capital of France?", "The capital of France is Paris. It lies on the Seine."),
          ("What do bees make?", "Bees make honey. They store it in wax combs."),
@@ -78,10 +78,9 @@ def test_the_base_model_judges_in_schema_and_its_calibration_is_measured(base_se
 @pytest.mark.slow
 def test_ragas_llm_metrics_score_through_the_served_judge(base_server):
     from tasks.common.vllm_server import SERVED_NAME
-    from tasks.config import RagConfig
     from tasks.evaluate.rag import JUDGED, held_out_set, judge_llm, judged_scores
 
-    rag_set = held_out_set(CONVS, RagConfig(passage_chars=60))
+    rag_set = held_out_set(CONVS, configured("evaluate.rag", passage_chars=60))
     rows = [{"question": q["question"], "answer": q["reference"], "retrieved": str(q["relevant"])}
             for q in rag_set.questions[:2]]
     summary = judged_scores(judge_llm(f"{base_server.base_url}/v1", SERVED_NAME, 256), rows, rag_set, 4)

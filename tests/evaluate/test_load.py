@@ -2,10 +2,9 @@
 token count, with the server's Prometheus figures of the same window."""
 import pytest
 
-from tasks.config import EvaluateConfig
+from tasks.common.modeling import load_tokenizer
 from tasks.evaluate.evaluate import bench_request, bench_serve, load_requests
-from tasks.train.modeling import load_tokenizer
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 pytestmark = pytest.mark.slow
 TEST_SET = [conversation("Tell me about the moon and its phases.", "The moon orbits the earth every month, and as it "
@@ -16,7 +15,7 @@ TEST_SET = [conversation("Tell me about the moon and its phases.", "The moon orb
 
 def test_requests_carry_the_reply_length_cut_to_the_limit(base_model_dir):
     tokenizer = load_tokenizer(base_model_dir)
-    requests = load_requests(TEST_SET, tokenizer, EvaluateConfig(load_prompts=5, load_output_len=16))
+    requests = load_requests(TEST_SET, tokenizer, configured("evaluate", load_prompts=5, load_output_len=16))
     egg_reply = len(tokenizer(TEST_SET[1]["messages"][1]["content"])["input_ids"])
     assert len(requests) == 5 and requests[0]["output_tokens"] == 16                  # a long reply: cut to the limit
     assert requests[1]["output_tokens"] == egg_reply < 16                            # a short one: its own length
@@ -25,7 +24,7 @@ def test_requests_carry_the_reply_length_cut_to_the_limit(base_model_dir):
 
 
 def test_every_request_generates_its_length_and_prometheus_sees_the_load(base_server, base_model_dir, tmp_path):
-    requests = load_requests(TEST_SET, load_tokenizer(base_model_dir), EvaluateConfig(load_prompts=6,
+    requests = load_requests(TEST_SET, load_tokenizer(base_model_dir), configured("evaluate", load_prompts=6,
                                                                                       load_output_len=16))
     result = bench_serve(base_server, requests, concurrency=3, tokenizer_dir=base_model_dir,
                          out=tmp_path / "load.json")

@@ -6,9 +6,8 @@ import math
 import pytest
 
 from tasks.common.jsonl import write_jsonl
-from tasks.config import RagConfig
 from tasks.evaluate.rag import Retriever, embedder_path, held_out_set, retrieval_scores, split_passages, user_set
-from tests.conftest import conversation
+from tests.conftest import configured, conversation
 
 REPLIES = {
     "What is the capital of France?": "Paris is the capital of France. It lies on the Seine.",
@@ -25,7 +24,7 @@ def test_passages_pack_whole_sentences_up_to_the_limit():
 
 def test_held_out_set_uses_each_reply_as_its_own_context_and_the_others_as_distractors():
     convs = [conversation(q, a, f"c{i}") for i, (q, a) in enumerate(REPLIES.items())]
-    rag = held_out_set(convs, RagConfig(passage_chars=40, size=2))
+    rag = held_out_set(convs, configured("evaluate.rag", passage_chars=40, size=2))
     assert len(rag.questions) == 2 and len(rag.passages) == 6      # every reply's passages, for 2 questions
     first = rag.questions[0]
     assert first["question"] == "What is the capital of France?"
@@ -54,12 +53,12 @@ def test_users_documents_and_questions(tmp_path):
     (tmp_path / "docs" / "b.txt").write_text("Support answers within a day.")
     write_jsonl(tmp_path / "q.jsonl", [{"question": "How long is the warranty?", "reference": "Two years.",
                                         "reference_contexts": ["The warranty lasts two years."]}])
-    rag = user_set(RagConfig(documents=str(tmp_path / "docs"), questions=str(tmp_path / "q.jsonl"), passage_chars=30))
+    rag = user_set(configured("evaluate.rag", documents=str(tmp_path / "docs"), questions=str(tmp_path / "q.jsonl"), passage_chars=30))
     assert rag.passages == ["The warranty lasts two years.", "Returns are free.", "Support answers within a day."]
     assert rag.questions[0]["relevant"] == [0]
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="no passages .* or no questions"):
-        user_set(RagConfig(documents=str(tmp_path / "docs"), questions=str(tmp_path / "empty.jsonl")))
+        user_set(configured("evaluate.rag", documents=str(tmp_path / "docs"), questions=str(tmp_path / "empty.jsonl")))
     assert json.loads(json.dumps(rag.questions))   # rows stay plain JSON for the MLflow table
 
 
@@ -78,7 +77,7 @@ def test_ragas_scores_tell_the_reference_answer_from_a_wrong_one():
     from tasks.evaluate.rag import rag_eval
 
     convs = [conversation(q, a, f"c{i}") for i, (q, a) in enumerate(REPLIES.items())]
-    cfg = RagConfig(passage_chars=40, top_k=2)
+    cfg = configured("evaluate.rag", passage_chars=40, top_k=2)
     rag = held_out_set(convs, cfg)
     right, rows = rag_eval(Answers(list(REPLIES.values())), rag, cfg, concurrency=2)
     wrong, _ = rag_eval(Answers(["I like trains."] * 3), rag, cfg, concurrency=2)

@@ -62,7 +62,7 @@ def pushed(tmp_path_factory):
     sh(["dvc", "repro", "datasets"], proj, env)
     sh(["git", "add", "-A"], proj, env)
     sh(["git", "commit", "-qm", "cheap stages"], proj, env)
-    push = sh([sys.executable, "-m", "tasks.ops.remote"], proj, env)
+    push = sh([sys.executable, "-m", "tasks", "push"], proj, env)
     url = sh(["dvc", "config", "remote.storage.url"], proj, env).stdout.strip()
     assert Path(url).is_relative_to(home), "the default remote is under ~: every clone of this user shares it"
     return proj, env, Path(url), push.stdout
@@ -140,7 +140,7 @@ def test_the_default_push_carries_no_raw_email_and_include_raw_is_the_explicit_c
     assert emails_in(remote, raw) == set()
 
     sh(["dvc", "remote", "add", "--local", "trusted", str(tmp_path / "trusted")], proj, env)
-    said = sh([sys.executable, "-m", "tasks.ops.remote", "--remote", "trusted", "--include-raw"], proj, env).stdout
+    said = sh([sys.executable, "-m", "tasks", "push", "--remote", "trusted", "--include-raw"], proj, env).stdout
     assert "raw outputs included" in said
     assert emails_in(tmp_path / "trusted", raw) == raw
 

@@ -2,7 +2,7 @@
 replaced by small files, everything else is the pipeline's own code (tracking.start_pipeline, run_stage with the real
 stage sections and headlines, tracking.register_model, DVC's status and commit as the flow uses them). Four pipeline
 runs, as a user makes them:
-  A  every stage up to quantize, then deploy fails;       B  the re-run: deploy, evaluate, register -> v1 @champion;
+  A  every stage up to quantize, then smoke_test fails;   B  the re-run: smoke_test, evaluate, register -> v1 @champion;
   C  sft.learning_rate 0.0: sft..register -> v2 @challenger;
   D  dvc.lock and data put back to B's (git checkout + dvc checkout), a gate changed: register only -> v3 @champion.
 v3's sft..quantize were made in A, not by C's newer runs, whose outputs differ: the walk must tell them apart."""
@@ -22,22 +22,22 @@ from tests.conftest import ROOT
 
 CACHED = {"base_model": ["data/models/base"], "ingest": ["data/ingested"], "clean": ["data/clean"],
           "datasets": ["data/datasets"], "sft": ["data/models/sft_adapter"], "pairs": ["data/pairs"],
-          "dpo": ["data/models/dpo_adapter"], "quantize": ["data/models/quantized"], "deploy": [],
+          "dpo": ["data/models/dpo_adapter"], "quantize": ["data/models/quantized"], "smoke_test": [],
           "evaluate": ["data/eval/answers.jsonl"], "register": []}
-UNCACHED = {"deploy": ["data/deploy/deployment.json"], "evaluate": ["data/eval/metrics.json"],
+UNCACHED = {"smoke_test": ["data/smoke_test/result.json"], "evaluate": ["data/eval/metrics.json"],
             "register": ["data/registry"]}
 DEPS = {"clean": ["data/ingested/conversations.jsonl"], "datasets": ["data/clean/conversations.jsonl",
                                                                      "data/models/base"],
         "sft": ["data/datasets/sft_train.jsonl", "data/models/base"], "pairs": ["data/models/sft_adapter"],
         "dpo": ["data/pairs/pref_train.jsonl", "data/models/sft_adapter"], "quantize": ["data/models/dpo_adapter"],
-        "deploy": ["data/models/quantized"], "evaluate": ["data/models/quantized", "data/datasets/sft_train.jsonl"],
-        "register": ["data/eval/metrics.json", "data/deploy/deployment.json", "data/models/quantized"]}
+        "smoke_test": ["data/models/quantized"], "evaluate": ["data/models/quantized", "data/datasets/sft_train.jsonl"],
+        "register": ["data/eval/metrics.json", "data/smoke_test/result.json", "data/models/quantized"]}
 PARAMS = {"sft": ["sft.learning_rate"], "register": ["gates.min_rouge_l"]}
 FILES = {"data/ingested": "conversations.jsonl", "data/clean": "conversations.jsonl",
          "data/datasets": "sft_train.jsonl", "data/pairs": "pref_train.jsonl", "data/registry": "registration.json"}
 CLEAN = {"rows_in": 120, "rows_kept": 100, "rows_dropped": 20, "rows_pii_scrubbed": 7,
          "dropped_by_reason": {"exact_duplicate": 12, "near_duplicate": 5, "too_short": 3}}
-AFTER_SFT = ("sft", "pairs", "dpo", "quantize", "deploy", "evaluate")
+AFTER_SFT = ("sft", "pairs", "dpo", "quantize", "smoke_test", "evaluate")
 
 
 def _dvc_yaml() -> dict:
@@ -72,22 +72,23 @@ def _evaluation(cfg) -> dict:
             "canaries": {"probed": 8, "exposed": 0}}
 
 
-def _fake(stage: str, fail: bool):
-    """The stage's work as small files; what it returns is what the real stage would log (the stage's headline)."""
-    def run(cfg) -> dict:
+def _fake(stage: str, fail: bool, cfg):
+    """The stage's work as small files; what it returns is what the real stage would log (the stage's headline).
+    Its outputs say which settings made them, so it reads the whole config `cfg`, not the stage's view."""
+    def run(_view) -> dict:
         from tasks.stages import BY_NAME
 
         if fail:
-            raise RuntimeError(f"{stage}: deploy.python does not exist")
+            raise RuntimeError(f"{stage}: vllm.python does not exist")
         _write_outputs(stage, cfg)
         lr = cfg.sft.learning_rate
         if stage == "clean":
             return dict(CLEAN)
-        if stage == "deploy":
-            deployment = {"startup_s": 48.1 if lr else 50.2, "smoke_latency_s": 0.281, "smoke_answer": "Paris.",
-                          "dtype": "auto", "model_dir": "data/models/quantized"}
-            Path("data/deploy/deployment.json").write_text(json.dumps(deployment))
-            return {k: deployment[k] for k in ("startup_s", "smoke_latency_s")}
+        if stage == "smoke_test":
+            smoke = {"startup_s": 48.1 if lr else 50.2, "smoke_latency_s": 0.281, "smoke_answer": "Paris.",
+                     "dtype": "auto", "model_dir": "data/models/quantized"}
+            Path("data/smoke_test/result.json").write_text(json.dumps(smoke))
+            return {k: smoke[k] for k in ("startup_s", "smoke_latency_s")}
         if stage == "evaluate":
             metrics = _evaluation(cfg)
             Path("data/eval/metrics.json").write_text(json.dumps(metrics))
@@ -121,7 +122,7 @@ def _pipeline(cfg, fail_at: str | None = None) -> str:
         if up_to_date(repo, stage.name):
             continue
         try:
-            run_stage(cfg, replace(stage, run=_fake(stage.name, stage.name == fail_at)), parent)
+            run_stage(cfg, replace(stage, run=_fake(stage.name, stage.name == fail_at, cfg)), parent)
         except RuntimeError:
             tracking.end_pipeline(parent, "FAILED")
             return parent
@@ -153,7 +154,7 @@ def build_store(root: Path) -> dict[str, str]:
         Path("params.yaml").write_text(yaml.safe_dump(params))
         return _pipeline(load_config("params.yaml"), fail_at)
 
-    parents = {"A": run(fail_at="deploy"), "B": run()}
+    parents = {"A": run(fail_at="smoke_test"), "B": run()}
     committed = _git_tracked()
     params["sft"]["learning_rate"] = 0.0
     parents["C"] = run()
@@ -172,8 +173,7 @@ def store(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("lineage")
     code = (f"import json, pathlib; from tests.ops.test_lineage_unit import build_store; "
             f"print(json.dumps(build_store(pathlib.Path({str(root)!r}))))")
-    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_PARENT_RUN_ID"}   # a parent of its own, always
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-5000:]
     return root, json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -198,9 +198,9 @@ def test_champion_chain_walks_back_through_each_stage_to_the_runs_that_made_its_
     assert (chain["version"], chain["aliases"]) == (3, ["champion"])
     assert chain["pipeline_run"]["run_id"] == parents["D"] and chain["pipeline_run"]["status"] == "FINISHED"
     made_in = {e["stage"]: e.get("pipeline_run_id") for e in chain["stages"]}
-    # E ran only register; deploy and evaluate came from B; everything before deploy from A (which then failed),
+    # D ran only register; smoke_test and evaluate came from B; everything before from A (which then failed),
     # not from C, whose newer sft..quantize runs made other data
-    assert made_in == {**{s: parents["A"] for s in list(CACHED)[:8]}, "deploy": parents["B"],
+    assert made_in == {**{s: parents["A"] for s in list(CACHED)[:8]}, "smoke_test": parents["B"],
                        "evaluate": parents["B"], "register": parents["D"]}
     by_stage = {e["stage"]: e for e in chain["stages"]}
     assert by_stage["quantize"]["pipeline_run_status"] == "FAILED"
@@ -220,7 +220,7 @@ def test_champion_chain_walks_back_through_each_stage_to_the_runs_that_made_its_
     evaluation = json.loads((root / "data/eval/metrics.json").read_text())
     assert chain["eval"]["ppl.served"] == evaluation["ppl"]["served"] == float(chain["tags"]["eval.ppl_served"])
     assert chain["eval"]["serving.ttft_median_ms"] == 95.6 and "duration_s" not in chain["eval"]
-    assert chain["deployment"] == {"startup_s": 48.1, "smoke_latency_s": 0.281, "smoke_answer": "Paris.",
+    assert chain["smoke_test"] == {"startup_s": 48.1, "smoke_latency_s": 0.281, "smoke_answer": "Paris.",
                                    "dtype": "auto", "model_dir": "data/models/quantized"}
 
 
@@ -278,11 +278,11 @@ def test_check_fails_when_the_cache_lacks_a_file_of_a_directory_output(store, tm
     cache = copy / ".dvc/cache/files/md5"
     listing = json.loads((cache / lock["data/clean"][:2] / lock["data/clean"][2:]).read_text())
     (cache / listing[0]["md5"][:2] / listing[0]["md5"][2:]).unlink()
-    (copy / "data/metrics/deploy.json").write_text("{}")
+    (copy / "data/metrics/smoke_test.json").write_text("{}")
     code, out = lineage(copy, monkeypatch, capsys, "--check")
     assert code == 1
     assert "data/clean" in out and "1 of 1 files not in the DVC cache (e.g. conversations.jsonl)" in out
-    assert "data/metrics/deploy.json" in out and "the workspace file has md5" in out
+    assert "data/metrics/smoke_test.json" in out and "the workspace file has md5" in out
 
 
 def test_a_target_that_names_no_version_is_an_error_not_a_traceback(store, monkeypatch, capsys):

@@ -22,7 +22,7 @@ from tests.small_project import small_project
 
 DEPLOYMENT = "finetune-pipeline/nightly"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-# a flow run outside the deployment, as `python -m flows.pipeline` against the server is: Prefect's 180 s heartbeat
+# a flow run outside the deployment, as `python -m tasks pipeline` against the server is: Prefect's 180 s heartbeat
 OTHER_FLOW = """
 import time
 from prefect import flow

@@ -74,14 +74,14 @@ def test_the_steps_decide_pull_run_push_and_report_in_that_order():
         return next(i for i, step in enumerate(all_steps) if text in step.get("run", step.get("uses", "")))
 
     order = ["actions/checkout", "make setup", "python -m tasks retrain-check", "dvc pull --allow-missing",
-             "python -m flows.pipeline", "python -m tasks.ops.remote", "dvc metrics diff --md origin/main",
+             "python -m tasks pipeline", "python -m tasks push", "dvc metrics diff --md origin/main",
              "cml comment update", "git push origin HEAD:main"]
     assert [at(text) for text in order] == sorted(at(text) for text in order)
     check = all_steps[at("retrain-check")]
     assert check["id"] == "check" and 'echo "stale=true"' in check["run"]
-    for text in ("dvc pull", "flows.pipeline"):
+    for text in ("dvc pull", "tasks pipeline"):
         assert "steps.check.outputs.stale == 'true'" in all_steps[at(text)]["if"]
-    push = all_steps[at("tasks.ops.remote")]
+    push = all_steps[at("tasks push")]
     assert "--include-raw" not in push["run"] and push["if"] == "steps.pipeline.outcome == 'success'"
     report = all_steps[at("dvc metrics diff")]["run"]
     assert "data/registry/report.md" in report and "GITHUB_STEP_SUMMARY" in report
@@ -105,7 +105,7 @@ def test_a_pull_requests_candidate_cannot_become_champion(tmp_path):
     all_steps = steps()
     flip = next(s for s in all_steps if "promote: false" in s.get("run", ""))
     assert flip["if"] == "github.event_name == 'pull_request' && steps.check.outputs.stale == 'true'"
-    assert all_steps.index(flip) < next(i for i, s in enumerate(all_steps) if "flows.pipeline" in s.get("run", ""))
+    assert all_steps.index(flip) < next(i for i, s in enumerate(all_steps) if "tasks pipeline" in s.get("run", ""))
     shutil.copy(ROOT / "params.yaml", tmp_path)
     assert load_config(tmp_path / "params.yaml").gates.promote is True
     done = subprocess.run(["bash", "-e", "-c", flip["run"]], cwd=tmp_path, capture_output=True, text=True)

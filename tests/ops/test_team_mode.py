@@ -127,7 +127,7 @@ def pipeline(team, tmp_path_factory):
            "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "MLFLOW_TRACKING_USERNAME": user,
            "MLFLOW_TRACKING_PASSWORD": password, "PREFECT_API_URL": f"http://127.0.0.1:{team.ports['prefect']}/api"}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, env=env, check=True)
-    run = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "tasks", "pipeline"], cwd=proj, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return yaml.safe_load((proj / "data/registry/registration.json").read_text()), params
 

@@ -13,6 +13,7 @@ import yaml
 from tests.conftest import ROOT
 from tests.small_project import SMALL, small_project
 
+
 @pytest.fixture(scope="package")
 def project(tmp_path_factory):
     proj = tmp_path_factory.mktemp("project")
@@ -21,16 +22,16 @@ def project(tmp_path_factory):
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, env=env, check=True)
 
     def flow(deploy_python: str) -> subprocess.CompletedProcess:
-        params["deploy"]["python"] = deploy_python
+        params["vllm"]["python"] = deploy_python
         (proj / "params.yaml").write_text(yaml.safe_dump(params))
-        return subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "tasks", "pipeline"], cwd=proj, env=env, capture_output=True,
                               text=True)
 
     failed = flow(str(proj / "no-such-env" / "python"))
     assert failed.returncode != 0
-    assert "deploy.python" in failed.stdout + failed.stderr
-    assert (proj / "data/models/quantized/config.json").exists() and not (proj / "data/deploy").exists()
-    run = flow(SMALL["deploy"]["python"])
+    assert "vllm.python" in failed.stdout + failed.stderr
+    assert (proj / "data/models/quantized/config.json").exists() and not (proj / "data/smoke_test").exists()
+    run = flow(SMALL["vllm"]["python"])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return proj, env, run.stdout + run.stderr
 
@@ -47,10 +48,10 @@ fault): the stage must fail naming the cause, and the flow's retry complete."""
     params["sft"]["learning_rate"] = params["dpo"]["learning_rate"] = 0.0
     params["gates"]["vs_champion"]["max_ppl_ratio"] = 1.0
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
-    run = subprocess.Popen([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, stdout=subprocess.PIPE,
+    run = subprocess.Popen([sys.executable, "-m", "tasks", "pipeline"], cwd=proj, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     said = []
-    for line in run.stdout:   # evaluate took over deploy's server: kill it under evaluate, as a crash would
+    for line in run.stdout:   # evaluate took over smoke_test's server: kill it under evaluate, as a crash would
         said.append(line)
         if line.startswith("reusing the vLLM server at") and not any("KILLED" in s for s in said):
             pgid = json.loads(next((proj / ".serve-logs").glob("vllm-*.pid")).read_text())["pgid"]

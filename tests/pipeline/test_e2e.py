@@ -34,7 +34,7 @@ def test_every_stage_ran_and_left_its_outputs(project):
     assert judge["calibration"]["parse_failure_rate"] == 0.0 and judge["failed"] == 0
     clean = json.loads((proj / "data/clean/report.json").read_text())
     assert clean["rows_in"] == clean["rows_kept"] + sum(clean["dropped_by_reason"].values())
-    assert json.loads((proj / "data/deploy/deployment.json").read_text())["smoke_answer"].strip()
+    assert json.loads((proj / "data/smoke_test/result.json").read_text())["smoke_answer"].strip()
     report = (proj / "data/registry/report.md").read_text()
     assert "Run report" in report and "## RAG on the served model" in report and "NaN rate" in report
     assert "## LLM judge" in report and "Calibration on 5 planted pairs" in report and "## Benchmark" in report
@@ -61,7 +61,7 @@ def test_no_planted_canary_survives_anywhere_and_the_served_model_says_none(proj
 
 def test_evaluate_scored_the_candidate_on_the_server_deploy_started(project):
     proj, _, log = project
-    assert json.loads((proj / "data/deploy/deployment.json").read_text())["startup_s"] > 0
+    assert json.loads((proj / "data/smoke_test/result.json").read_text())["startup_s"] > 0
     times = json.loads((proj / "data/eval/metrics.json").read_text())["time_s"]
     assert times["candidate: server start"] == 0.0 and times["judge: server start"] > 0   # one start per model
     assert log.count("reusing the vLLM server") == 1
@@ -82,10 +82,10 @@ def test_failed_run_resumes_after_the_stages_that_finished(project):
         return [(r.data.tags["stage"], r.info.status) for r in runs]
 
     names = list(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"])
-    deploy = names.index("deploy")
-    assert stages(first)[:deploy] == [(name, "FINISHED") for name in names[:deploy]]
-    assert set(stages(first)[deploy:]) == {("deploy", "FAILED")}    # tried again once (stage retries), then failed
-    assert [s for s, _ in stages(second)] == names[deploy:]
+    smoke = names.index("smoke_test")
+    assert stages(first)[:smoke] == [(name, "FINISHED") for name in names[:smoke]]
+    assert set(stages(first)[smoke:]) == {("smoke_test", "FAILED")}    # tried again once (stage retries), then failed
+    assert [s for s, _ in stages(second)] == names[smoke:]
     assert "quantize: up to date (dvc.lock), skipped" in log
 
 

@@ -1,7 +1,7 @@
 """`python -m tasks lineage` on the project the real pipeline made (tests/pipeline/conftest.py), run as a user runs it:
 the chain names the version, its pipeline run and every stage, with the cleaning counts and evaluation figures the
 project's files hold; `--check` passes where the workspace holds the version's data and fails where dvc.lock records
-other data. The flow's first run failed at deploy, so the stages before it were made by that run and found there."""
+other data. The flow's first run failed at smoke_test, so the stages before it were made by that run and found there."""
 import json
 import shutil
 import subprocess
@@ -67,9 +67,9 @@ def test_the_registered_versions_chain_matches_the_projects_files_and_its_data(p
     assert {"ppl.served", "rouge_l", "serving.ttft_median_ms"} <= set(chain["eval"])
     for figure, value in chain["eval"].items():
         assert value == pytest.approx(_figure(evaluation, figure)), figure
-    deployment = json.loads((proj / "data/deploy/deployment.json").read_text())
-    assert chain["deployment"]["startup_s"] == deployment["startup_s"]
-    assert chain["deployment"]["smoke_answer"] == deployment["smoke_answer"]
+    smoke = json.loads((proj / "data/smoke_test/result.json").read_text())
+    assert chain["smoke_test"]["startup_s"] == smoke["startup_s"]
+    assert chain["smoke_test"]["smoke_answer"] == smoke["smoke_answer"]
     assert chain["check"]["ok"] and chain["check"]["outputs"]
 
     text = lineage(proj, env, str(version), "--check")
@@ -114,8 +114,8 @@ def test_after_a_retrain_the_champions_chain_still_leads_to_its_own_runs_and_che
     assert champion["version"] == before["version"] and "champion" in champion["aliases"]
     made_in = {e["stage"]: e["pipeline_run_id"] for e in champion["stages"]}
     stages = list(made_in)
-    deploy = stages.index("deploy")
-    assert made_in == {**{s: first for s in stages[:deploy]}, **{s: second for s in stages[deploy:]}}
+    smoke = stages.index("smoke_test")
+    assert made_in == {**{s: first for s in stages[:smoke]}, **{s: second for s in stages[smoke:]}}
     differ = {r["path"] for r in champion["check"]["outputs"] if "problem" in r}
     assert {"data/models/sft_adapter", "data/models/dpo_adapter", "data/models/quantized"} <= differ
     assert not differ & {"data/models/base", "data/ingested", "data/clean", "data/datasets"}

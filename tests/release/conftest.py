@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tasks import tracking
-from tasks.config import TrackingConfig
+from tests.conftest import configured
 
 QUANTIZED = {"merged_ppl": 9.4, "quantized_ppl": 9.6, "ppl_ratio": 1.0213, "merged_mb": 260.0, "quantized_mb": 159.0}
 
@@ -12,7 +12,7 @@ QUANTIZED = {"merged_ppl": 9.4, "quantized_ppl": 9.6, "ppl_ratio": 1.0213, "merg
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tracking.configure(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
+    tracking.configure(configured("tracking", tracking_uri=f"sqlite:///{tmp_path}/db.sqlite",
                                       artifact_root=str(tmp_path / "art"), experiment="t"))
     model = tmp_path / "model"
     model.mkdir()

@@ -5,8 +5,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.config import GatesConfig
 from tasks.release.register import register
+from tests.conftest import configured
 from tests.release.conftest import QUANTIZED
 
 GOOD = {"ppl": {"base": 10.0, "sft": 9.0, "dpo": 9.5, "served": 9.5}, "pref_accuracy": 0.8, "rouge_l": 0.2,
@@ -14,7 +14,7 @@ GOOD = {"ppl": {"base": 10.0, "sft": 9.0, "dpo": 9.5, "served": 9.5}, "pref_accu
                     "concurrency": 4}}
 
 
-def _register(store, metrics, quantization=QUANTIZED, gates=GatesConfig()):
+def _register(store, metrics, quantization=QUANTIZED, gates=configured("gates")):
     (store / "metrics.json").write_text(json.dumps(metrics))
     (store / "quantize.json").write_text(json.dumps(quantization))
     with mlflow.start_run():
@@ -62,7 +62,7 @@ def test_with_promotion_off_a_better_candidate_stays_challenger(store):
     reaches `champion`."""
     assert _register(store, GOOD)["alias"] == "champion"
     better = measured_against(1, served=9.4)
-    result = _register(store, better, gates=GatesConfig(promote=False))
+    result = _register(store, better, gates=configured("gates", promote=False))
     assert result["alias"] == "challenger" and result["gates_failed"] == 0 and result["promoted"] == 0
     assert "promotion off (gates.promote: false)" in json.loads((store / "registration.json").read_text())["why"]
     client = MlflowClient()

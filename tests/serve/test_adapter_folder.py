@@ -1,4 +1,4 @@
-"""deploy.mode lora's served folder: the adapter, the base's tokenizer and the base it needs, checked by digest, so
+"""vllm.mode lora's served folder: the adapter, the base's tokenizer and the base it needs, checked by digest, so
 an old version is never served on other base weights; vLLM gets the base with the adapter under the served name."""
 import json
 import shutil
@@ -7,10 +7,9 @@ import pytest
 
 from tasks.common.adapter_folder import AdapterError, base_of, is_adapter_folder, write_adapter_folder
 from tasks.common.vllm_server import ServerError, VLLMServer
-from tasks.config import DeployConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, configured
 
-SERVE = DeployConfig(python=str(ROOT / ".venv-serve" / "bin" / "python"))
+SERVE = configured("vllm", python=str(ROOT / ".venv-serve" / "bin" / "python"))
 
 
 def test_the_folder_names_its_base_and_vllm_serves_the_base_with_the_adapter(base_model_dir, untrained_adapter,
@@ -27,7 +26,7 @@ def test_the_folder_names_its_base_and_vllm_serves_the_base_with_the_adapter(bas
     assert "--enable-lora" in cmd and cmd[cmd.index("--max-lora-rank") + 1] == "16"
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps(config | {"r": 32}))
-    with pytest.raises(ServerError, match="rank 32; deploy.max_lora_rank is 16: raise it"):
+    with pytest.raises(ServerError, match="rank 32; vllm.max_lora_rank is 16: raise it"):
         VLLMServer(SERVE, folder)
 
 

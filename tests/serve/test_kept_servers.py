@@ -10,7 +10,7 @@ import pytest
 
 from tasks.common import vllm_server
 from tasks.common.vllm_server import VLLMServer, kept_servers
-from tasks.config import DeployConfig
+from tests.conftest import configured
 
 STUB = """import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -36,7 +36,7 @@ def cfg(tmp_path, monkeypatch):
     python.chmod(0o755)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    return DeployConfig(python=str(python), startup_timeout_s=30)
+    return configured("vllm", python=str(python), startup_timeout_s=30)
 
 
 def alive(server: VLLMServer) -> bool:
@@ -45,7 +45,7 @@ def alive(server: VLLMServer) -> bool:
 
 def test_a_later_stage_reuses_the_server_and_another_model_replaces_it(cfg, tmp_path, capsys):
     with kept_servers():
-        with VLLMServer(cfg, tmp_path / "a") as deployed:       # deploy
+        with VLLMServer(cfg, tmp_path / "a") as deployed:       # smoke_test
             assert deployed.startup_s > 0
         assert alive(deployed)                                  # kept after its `with`
         longer = cfg.model_copy(update={"max_model_len": cfg.max_model_len * 2})
@@ -53,7 +53,7 @@ def test_a_later_stage_reuses_the_server_and_another_model_replaces_it(cfg, tmp_
             assert same is deployed and same.startup_s == 0.0   # evaluate: the same server, no start
             assert needs_more is not deployed                   # a longer context: its own server, beside the one
             assert alive(deployed) and alive(needs_more)        # in use, which is not stopped
-        assert f"needs {longer.max_model_len} (raise deploy.max_model_len)" in capsys.readouterr().out
+        assert f"needs {longer.max_model_len} (raise vllm.max_model_len)" in capsys.readouterr().out
         with VLLMServer(cfg, tmp_path / "b") as other:          # another model (the champion): the idle ones stop
             assert not alive(deployed) and not alive(needs_more) and alive(other)
     assert not alive(other) and vllm_server._kept is None       # the block's end stops every server

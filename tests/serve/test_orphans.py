@@ -17,8 +17,8 @@ DRIVER = """
 import sys, time
 from pathlib import Path
 from tasks.common.vllm_server import VLLMServer
-from tasks.config import DeployConfig
-server = VLLMServer(DeployConfig(python=sys.argv[1]), Path(sys.argv[2])).start()
+from tests.conftest import configured
+server = VLLMServer(configured("vllm", python=sys.argv[1]), Path(sys.argv[2])).start()
 print(server.proc.pid, server.port, flush=True)
 time.sleep(3600)
 """

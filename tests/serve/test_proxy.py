@@ -3,22 +3,22 @@ and forward nothing, a switch sends new requests to the new backend while one in
 drain waits for it. The same proxy in front of real vLLM servers is tests/serve/test_serve_registry.py."""
 import json
 import threading
-from pathlib import Path
-from types import SimpleNamespace
 import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tasks.config import ServeConfig
-from tasks.common import prometheus
 from tasks import tracking
+from tasks.common import prometheus
 from tasks.serve.proxy import Backend, Proxy, check_caps
 from tasks.serve.serve_registry import Monitor
+from tests.conftest import configured
 
-CAPS = ServeConfig(port=0, max_n=2, max_tokens=32, max_request_bytes=2048)
+CAPS = configured("serve", port=0, max_n=2, max_tokens=32, max_request_bytes=2048)
 
 
 def fake_backend(name: str, delay_s: float = 0.0):
@@ -131,7 +131,7 @@ def test_a_dead_backend_is_a_502_naming_the_version_and_nothing_leaks(proxy):
 
 def test_a_taken_port_is_refused_with_what_to_do(proxy):
     with pytest.raises(OSError, match="is in use .*serve.port"):
-        Proxy(ServeConfig(port=proxy.port)).start(timeout_s=5)
+        Proxy(configured("serve", port=proxy.port)).start(timeout_s=5)
 
 
 PROMETHEUS = """# TYPE vllm:time_to_first_token_seconds histogram

@@ -29,7 +29,7 @@ NAME = "smollm2-sharegpt"
 @pytest.fixture
 def project(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["deploy"]["python"] = str(ROOT / ".venv-serve" / "bin" / "python")
+    params["vllm"]["python"] = str(ROOT / ".venv-serve" / "bin" / "python")
     # absolute: MLflow caches one store per URI, so a relative sqlite path would still open the last test's file
     params["tracking"] |= {"tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
                            "artifact_root": str(tmp_path / "mlruns" / "artifacts")}
@@ -46,7 +46,7 @@ def registered(project, model_dir) -> dict:
 
 
 def serve(project, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tasks.serve.serve_registry", *args], cwd=project, text=True,
+    return subprocess.Popen([sys.executable, "-m", "tasks", "serve", *args], cwd=project, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -183,7 +183,7 @@ def test_serve_follows_promote_and_rollback_under_load_without_a_failed_request(
 
 @pytest.fixture(scope="module")
 def lora_versions(base_model_dir, untrained_adapter, noisy_adapter, tmp_path_factory):
-    """Two deploy.mode-lora folders on the base: the untrained adapter (the base's answers) and a noisy one."""
+    """Two vllm.mode-lora folders on the base: the untrained adapter (the base's answers) and a noisy one."""
     from tasks.common.adapter_folder import write_adapter_folder
 
     root = tmp_path_factory.mktemp("lora")
@@ -193,7 +193,7 @@ def lora_versions(base_model_dir, untrained_adapter, noisy_adapter, tmp_path_fac
 
 
 def test_lora_versions_swap_on_the_running_server_without_a_second_one(project, lora_versions, monkeypatch):
-    """deploy.mode lora: promote loads the new adapter into the serving vLLM (no second server, no start wait),
+    """vllm.mode lora: promote loads the new adapter into the serving vLLM (no second server, no start wait),
     rollback loads the old one back, and no request fails meanwhile."""
     monkeypatch.chdir(project)
     params = yaml.safe_load((project / "params.yaml").read_text())

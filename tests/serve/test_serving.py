@@ -13,14 +13,14 @@ import torch
 
 from tasks.common.jsonl import read_jsonl
 from tasks.common.vllm_server import ServerError, VLLMServer
-from tasks.config import DeployConfig, GatesConfig, QuantizeConfig
-from tasks.serve.deploy import SMOKE_PROMPT
+from tasks.config import QuantizeConfig
 from tasks.serve.quantize import merge_and_quantize
-from tests.conftest import ROOT
+from tasks.serve.smoke_test import SMOKE_PROMPT
+from tests.conftest import ROOT, configured
 
 pytestmark = pytest.mark.slow
 SERVE_PY = str(ROOT / ".venv-serve" / "bin" / "python")
-GATES = GatesConfig()
+GATES = configured("gates")
 
 
 def quantize(cfg: QuantizeConfig, base_model_dir, adapter, sets, out, lora: bool = False):
@@ -30,10 +30,10 @@ def quantize(cfg: QuantizeConfig, base_model_dir, adapter, sets, out, lora: bool
 
 
 def served_ppl(model_dir, conversations) -> tuple[float, str]:
+    from tasks.common.modeling import load_tokenizer, reply_batches
     from tasks.evaluate.evaluate import served_perplexity
-    from tasks.train.modeling import load_tokenizer, reply_batches
 
-    with VLLMServer(DeployConfig(python=SERVE_PY), model_dir) as server:
+    with VLLMServer(configured("vllm", python=SERVE_PY), model_dir) as server:
         ppl = served_perplexity(server, reply_batches(load_tokenizer(model_dir), conversations), concurrency=4)
         return ppl, server.chat(SMOKE_PROMPT)["choices"][0]["message"]["content"]
 
@@ -51,7 +51,7 @@ def corrupt_scales(model_dir, factor: float = 4.0) -> None:
 
 def test_w8a8_is_small_and_close_and_vllm_serves_what_was_measured(base_model_dir, untrained_adapter, sharegpt_sets,
                                                                   tmp_path):
-    q = quantize(QuantizeConfig(scheme="W8A8", compare=[], gguf=""), base_model_dir, untrained_adapter, sharegpt_sets,
+    q = quantize(configured("quantize", scheme="W8A8", compare=[], gguf=""), base_model_dir, untrained_adapter, sharegpt_sets,
                  tmp_path)
     assert q["quantized_mb"] < 0.7 * q["merged_mb"]
     assert q["ppl_ratio"] <= GATES.max_quant_ppl_ratio            # SmoothQuant + int8: close
@@ -70,9 +70,9 @@ def test_w8a8_is_small_and_close_and_vllm_serves_what_was_measured(base_model_di
 
 def test_lora_mode_serves_the_base_and_adapter_as_the_merged_model_measured(base_model_dir, noisy_adapter,
                                                                           sharegpt_sets, tmp_path):
-    from tasks.train.modeling import load_model, load_tokenizer, perplexity
+    from tasks.common.modeling import load_model, load_tokenizer, perplexity
 
-    q = quantize(QuantizeConfig(compare=[], gguf=""), base_model_dir, noisy_adapter, sharegpt_sets, tmp_path,
+    q = quantize(configured("quantize", compare=[], gguf=""), base_model_dir, noisy_adapter, sharegpt_sets, tmp_path,
                  lora=True)
     assert q["scheme"] == "lora" and q["quantized_ppl"] == q["merged_ppl"] and q["ppl_ratio"] == 1.0
     assert q["quantized_mb"] < 0.1 * q["merged_mb"]                 # what a version adds: the adapter
@@ -86,7 +86,7 @@ def test_lora_mode_serves_the_base_and_adapter_as_the_merged_model_measured(base
 
 
 def test_lossy_quantization_fails_the_like_for_like_ratio(base_model_dir, untrained_adapter, sharegpt_sets, tmp_path):
-    q = quantize(QuantizeConfig(scheme="W4A16", compare=[], gguf=""), base_model_dir, untrained_adapter, sharegpt_sets,
+    q = quantize(configured("quantize", scheme="W4A16", compare=[], gguf=""), base_model_dir, untrained_adapter, sharegpt_sets,
                  tmp_path)
     assert q["ppl_ratio"] > GATES.max_quant_ppl_ratio             # 4-bit weights at 135M lose (+40% in the pipeline)
     assert q["quantized_mb"] < 0.5 * q["merged_mb"]
@@ -97,11 +97,11 @@ def test_each_variant_is_measured_and_the_gguf_file_is_the_merged_model(base_mod
                                                                         sharegpt_sets, tmp_path):
     from gguf import GGUFReader
 
+    from tasks.common.modeling import load_tokenizer, perplexity
     from tasks.release.report import variants_table
     from tasks.serve.gguf_export import export_gguf, load_gguf
-    from tasks.train.modeling import load_tokenizer, perplexity
 
-    cfg = QuantizeConfig(scheme="W8A8", compare=["W4A16-GPTQ"], gguf="Q8_0", calibration_samples=4)
+    cfg = configured("quantize", scheme="W8A8", compare=["W4A16-GPTQ"], gguf="Q8_0", calibration_samples=4)
     q = quantize(cfg, base_model_dir, untrained_adapter, sharegpt_sets, tmp_path)
     assert set(q["variants"]) == {"W8A8", "W4A16-GPTQ", "GGUF Q8_0"}
     assert q["variants"]["W8A8"]["ppl"] == q["quantized_ppl"]
@@ -134,7 +134,7 @@ def _tensors(model_dir):
 
 def test_server_that_cannot_start_fails_with_the_cause(tmp_path):
     (tmp_path / "not-a-model").mkdir()
-    server = VLLMServer(DeployConfig(python=SERVE_PY, startup_timeout_s=120), tmp_path / "not-a-model")
+    server = VLLMServer(configured("vllm", python=SERVE_PY, startup_timeout_s=120), tmp_path / "not-a-model")
     with pytest.raises(ServerError, match="exited with code"):
         server.start()
     assert server.proc.poll() is not None
@@ -142,7 +142,7 @@ def test_server_that_cannot_start_fails_with_the_cause(tmp_path):
 
 def test_missing_serving_env_is_a_clear_error(tmp_path):
     with pytest.raises(ServerError, match="make setup"):
-        VLLMServer(DeployConfig(python=str(tmp_path / "nope" / "python")), tmp_path)
+        VLLMServer(configured("vllm", python=str(tmp_path / "nope" / "python")), tmp_path)
 
 
 def test_a_port_in_use_is_refused_before_vllm_starts(tmp_path):
@@ -150,14 +150,14 @@ def test_a_port_in_use_is_refused_before_vllm_starts(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = VLLMServer(DeployConfig(python=SERVE_PY, port=port), tmp_path)
+        server = VLLMServer(configured("vllm", python=SERVE_PY, port=port), tmp_path)
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is in use"):
             server.start()
         assert server.proc is None
 
 
 def test_a_start_timeout_names_itself_and_leaves_no_process(base_model_dir):
-    server = VLLMServer(DeployConfig(python=SERVE_PY, startup_timeout_s=3), base_model_dir)
+    server = VLLMServer(configured("vllm", python=SERVE_PY, startup_timeout_s=3), base_model_dir)
     with pytest.raises(ServerError, match="not healthy after 3 s"):
         server.start()
     assert server.proc.poll() is not None             # stopped: the reaper and vLLM's group with it
@@ -172,7 +172,7 @@ def test_a_server_that_dies_while_serving_is_named_as_the_cause_and_leaves_nothi
     import subprocess
     import time
 
-    with VLLMServer(DeployConfig(python=SERVE_PY), base_model_dir) as server:
+    with VLLMServer(configured("vllm", python=SERVE_PY), base_model_dir) as server:
         assert server.chat(SMOKE_PROMPT)["choices"][0]["message"]["content"]
         api = int(subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout)
         os.kill(api, signal.SIGKILL)

@@ -3,9 +3,10 @@ generation markers or with misplaced ones stops the stage with what is wrong and
 import pytest
 
 from tasks.common.jsonl import read_jsonl
+from tasks.common.modeling import load_tokenizer
 from tasks.train.base_model import CHATML_TRAINING_TEMPLATE
 from tasks.train.chat_template import ChatTemplateError, check_assistant_mask
-from tasks.train.modeling import load_tokenizer
+from tests.conftest import configured
 
 MULTI_TURN = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
               {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
@@ -49,7 +50,6 @@ def test_sft_stops_before_training_on_a_wrong_template(base_model_dir, tiny_sets
     """The stage itself runs the check: a template without markers never reaches the trainer."""
     import shutil
 
-    from tasks.config import SftConfig
     from tasks.train.sft import sft
 
     broken = tmp_path / "model"
@@ -58,6 +58,6 @@ def test_sft_stops_before_training_on_a_wrong_template(base_model_dir, tiny_sets
     tokenizer.chat_template = BROKEN["no generation markers"][0]
     tokenizer.save_pretrained(broken)
     with pytest.raises(ChatTemplateError, match="no token would be trained"):
-        sft(SftConfig(max_steps=1), 0, broken, tiny_sets["sft"], tiny_sets["sft"], tmp_path / "out",
+        sft(configured("sft", max_steps=1), 0, broken, tiny_sets["sft"], tiny_sets["sft"], tmp_path / "out",
             checkpoint_root=tmp_path / "ckpt")
     assert not (tmp_path / "out").exists()

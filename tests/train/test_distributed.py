@@ -1,4 +1,4 @@
-"""The stage entry point (`python -m tasks sft`) runs unchanged under `accelerate launch` with the configs in
+"""The stage entry point (`python -m tasks run sft`) runs unchanged under `accelerate launch` with the configs in
 infra/accelerate, one CPU process here. FSDP: accelerate 1.15 turns FSDP on only for GPU-type backends, so on a CPU
 the same launch runs as MULTI_CPU (DDP over gloo): the launcher, process group, rank-0 saving and the stage's outputs
 are what it checks. DeepSpeed ZeRO-3 does run on a CPU (its CPU accelerator JIT-builds a shared-memory comm op with
@@ -39,7 +39,7 @@ def test_sft_stage_runs_under_accelerate_launch(name, expected, base_model_dir, 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{name}.yaml"),
-           "--num_processes", "1", "--mixed_precision", "no", "-m", "tasks", "sft"]
+           "--num_processes", "1", "--mixed_precision", "no", "-m", "tasks", "run", "sft"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
     # its own process group, so a hang is stopped whole: DeepSpeed waits forever on the lock of a build of its CPU

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.config import PairsConfig
-from tasks.train.modeling import load_tokenizer
+from tasks.common.modeling import load_tokenizer
 from tasks.train.pairs import build_pairs, cut_to_budget
+from tests.conftest import configured
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_cut_to_budget_keeps_whole_words_within_the_budget(base_model_dir):
 def test_sampled_pairs_share_a_token_budget_and_repeat_with_the_seed(base_model_dir, untrained_adapter, prompts,
                                                                      tmp_path):
     tokenizer = load_tokenizer(base_model_dir)
-    cfg = PairsConfig(max_tokens=24, batch_size=4)
+    cfg = configured("pairs", max_tokens=24, batch_size=4)
     metrics, pairs = pairs_of(cfg, 0, base_model_dir, untrained_adapter, prompts, tmp_path / "a")
     assert (metrics["pref_train"], metrics["pref_test"]) == (6, 2) and metrics["source"] == "sft model"
 
@@ -58,7 +58,7 @@ def test_sampled_pairs_share_a_token_budget_and_repeat_with_the_seed(base_model_
 
 
 def test_users_own_pairs_replace_the_sampled_ones(base_model_dir, untrained_adapter, prompts, tiny_sets, tmp_path):
-    metrics, pairs = pairs_of(PairsConfig(user_pairs=str(tiny_sets["pref"])), 0, base_model_dir, untrained_adapter,
+    metrics, pairs = pairs_of(configured("pairs", user_pairs=str(tiny_sets["pref"])), 0, base_model_dir, untrained_adapter,
                               prompts, tmp_path / "user")
     assert metrics["source"] == "user" and metrics["pref_train"] + metrics["pref_test"] == 8
     assert sorted(json.dumps(p, sort_keys=True) for p in pairs) == sorted(
@@ -66,4 +66,4 @@ def test_users_own_pairs_replace_the_sampled_ones(base_model_dir, untrained_adap
     bad = tmp_path / "bad.jsonl"
     write_jsonl(bad, [{"prompt": [], "chosen": []}])
     with pytest.raises(ValueError, match=r"rows \[0\] lack prompt, chosen or rejected"):
-        pairs_of(PairsConfig(user_pairs=str(bad)), 0, base_model_dir, untrained_adapter, prompts, tmp_path / "bad")
+        pairs_of(configured("pairs", user_pairs=str(bad)), 0, base_model_dir, untrained_adapter, prompts, tmp_path / "bad")

@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from tasks.config import SftConfig
 from tasks.train import checkpoints
-from tests.conftest import ROOT
+from tests.conftest import ROOT, configured
 
 STEPS = 16
 CFG = dict(max_steps=STEPS, per_device_batch_size=2, max_length=128, logging_steps=1, eval_steps=1000, save_steps=4,
@@ -19,10 +18,10 @@ CFG = dict(max_steps=STEPS, per_device_batch_size=2, max_length=128, logging_ste
 DRIVER = """
 import json, sys
 from pathlib import Path
-from tasks.config import SftConfig
 from tasks.train.sft import sft
+from tests.conftest import configured
 base, data, out, ckpt = map(Path, sys.argv[2:6])
-metrics = sft(SftConfig(**json.loads(sys.argv[1])), 0, base, data, data, out, checkpoint_root=ckpt)
+metrics = sft(configured("sft", **json.loads(sys.argv[1])), 0, base, data, data, out, checkpoint_root=ckpt)
 print("METRICS " + json.dumps(metrics))
 """
 
@@ -74,10 +73,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tiny_sets, 
 def test_fingerprint_changes_with_params_and_data_and_stale_checkpoints_go(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": []}\n')
-    key = checkpoints.fingerprint(SftConfig(**CFG), 0, [data])
-    assert key == checkpoints.fingerprint(SftConfig(**CFG), 0, [data])
-    assert key != checkpoints.fingerprint(SftConfig(**{**CFG, "learning_rate": 1e-4}), 0, [data])
-    assert key != checkpoints.fingerprint(SftConfig(**CFG), 1, [data])
+    key = checkpoints.fingerprint(configured("sft", **CFG), 0, [data])
+    assert key == checkpoints.fingerprint(configured("sft", **CFG), 0, [data])
+    assert key != checkpoints.fingerprint(configured("sft", **{**CFG, "learning_rate": 1e-4}), 0, [data])
+    assert key != checkpoints.fingerprint(configured("sft", **CFG), 1, [data])
     stale = checkpoints.run_dir("sft", key, tmp_path / "ckpt") / "checkpoint-4"
     (stale / checkpoints.STATE_FILE).parent.mkdir(parents=True)
     (stale / checkpoints.STATE_FILE).write_text("{}")
@@ -85,7 +84,7 @@ def test_fingerprint_changes_with_params_and_data_and_stale_checkpoints_go(tmp_p
     assert checkpoints.last_complete(tmp_path / "ckpt" / "sft" / key) == stale
 
     data.write_text('{"messages": [{"role": "user", "content": "changed"}]}\n')
-    new_key = checkpoints.fingerprint(SftConfig(**CFG), 0, [data])
+    new_key = checkpoints.fingerprint(configured("sft", **CFG), 0, [data])
     assert new_key != key
     fresh = checkpoints.run_dir("sft", new_key, tmp_path / "ckpt")
     assert checkpoints.last_complete(fresh) is None and not stale.exists()
@@ -97,13 +96,12 @@ def test_preference_run_resumes_its_trained_adapter_not_the_sft_one(base_model_d
     the SFT weights (policy == reference, loss back at log 2). Crash by exception here: the SIGKILL path is above."""
     from transformers import TrainerCallback
 
-    from tasks.config import DpoConfig
     from tasks.train import dpo as dpo_module
     from tasks.train.sft import sft
 
-    sft(SftConfig(max_steps=1, per_device_batch_size=2, max_length=128), 0, base_model_dir, tiny_sets["sft"],
+    sft(configured("sft", max_steps=1, per_device_batch_size=2, max_length=128), 0, base_model_dir, tiny_sets["sft"],
         tiny_sets["sft"], tmp_path / "sft", checkpoint_root=tmp_path / "ckpt")
-    cfg = DpoConfig(max_steps=4, per_device_batch_size=2, max_length=128, logging_steps=1, save_steps=2,
+    cfg = configured("dpo", max_steps=4, per_device_batch_size=2, max_length=128, logging_steps=1, save_steps=2,
                     learning_rate=5e-4)
 
     def run(name: str) -> dict:

@@ -2,8 +2,8 @@
 import pytest
 
 from tasks.common.jsonl import read_jsonl
-from tasks.config import DpoConfig, SftConfig
-from tasks.train.modeling import load_model, load_tokenizer, preference_accuracies
+from tasks.common.modeling import load_model, load_tokenizer, preference_accuracies
+from tests.conftest import configured
 
 pytestmark = pytest.mark.slow
 
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_sft_labels_mask_every_prompt_token(base_model_dir, tiny_sets, tmp_path):
     from tasks.train.sft import build_trainer
 
-    trainer = build_trainer(SftConfig(max_steps=1, max_length=128), 0, base_model_dir, tiny_sets["sft"],
+    trainer = build_trainer(configured("sft", max_steps=1, max_length=128), 0, base_model_dir, tiny_sets["sft"],
                             tiny_sets["sft"], tmp_path)
     example = trainer.train_dataset[0]
     batch = trainer.data_collator([example])
@@ -28,7 +28,7 @@ def test_sft_then_dpo_raises_reward_accuracy_on_training_pairs(base_model_dir, t
     from tasks.train.sft import sft
 
     sft_dir, dpo_dir = tmp_path / "sft", tmp_path / "dpo"
-    sft_metrics = sft(SftConfig(max_steps=4, per_device_batch_size=4, max_length=128, eval_steps=4,
+    sft_metrics = sft(configured("sft", max_steps=4, per_device_batch_size=4, max_length=128, eval_steps=4,
                                 learning_rate=5e-4), 0, base_model_dir, tiny_sets["sft"], tiny_sets["sft"], sft_dir,
                       checkpoint_root=tmp_path / "ckpt")
     assert sft_metrics["steps"] == 4 and (sft_dir / "adapter_model.safetensors").exists()
@@ -38,7 +38,7 @@ def test_sft_then_dpo_raises_reward_accuracy_on_training_pairs(base_model_dir, t
     reference = load_model(base_model_dir, adapter=sft_dir)
     before = preference_accuracies(load_model(base_model_dir, adapter=sft_dir), reference, tokenizer, pairs)
 
-    metrics = dpo(DpoConfig(max_steps=6, per_device_batch_size=4, max_length=128, learning_rate=5e-4), 0,
+    metrics = dpo(configured("dpo", max_steps=6, per_device_batch_size=4, max_length=128, learning_rate=5e-4), 0,
                   base_model_dir, sft_dir, tiny_sets["pref"], dpo_dir, checkpoint_root=tmp_path / "ckpt")
     after = preference_accuracies(load_model(base_model_dir, adapter=dpo_dir), reference, tokenizer, pairs)
 

@@ -1,4 +1,6 @@
-"""Stage 9: serve the candidate with vLLM's OpenAI-compatible server, check health, smoke-test, stop cleanly."""
+"""Stage 9: can the candidate be served? Start it in vLLM's OpenAI-compatible server, check health, ask one question,
+stop cleanly. `make serve` (tasks/serve/serve_registry.py) is what serves users; this stage proves the checkpoint will
+start and answer there, and in a flow run its server stays up for evaluate (tasks/common/vllm_server.py:kept_servers)."""
 from __future__ import annotations
 
 import time
@@ -7,12 +9,13 @@ from pathlib import Path
 from tasks.common.hardware import serving_dtype
 from tasks.common.jsonl import write_json
 from tasks.common.vllm_server import ServerError, VLLMServer
-from tasks.config import DeployConfig, Paths
+from tasks.config import VllmConfig
+from tasks.paths import Paths
 
 SMOKE_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
-def deploy(cfg: DeployConfig, model_dir: Path = Paths.quantized, report: Path = Paths.deploy_report) -> dict:
+def smoke_test(cfg: VllmConfig, model_dir: Path = Paths.quantized, report: Path = Paths.smoke_test) -> dict:
     with VLLMServer(cfg, model_dir) as server:
         t0 = time.monotonic()
         reply = server.chat(SMOKE_PROMPT)

@@ -1,0 +1,84 @@
+"""dvc.yaml, generated from the stage list (tasks/stages.py): `python -m tasks dvc-yaml [--check]`.
+
+Each stage's params, data deps, outs and plots are its declaration; its code deps are the files its command runs
+(tasks/common/code_deps.py); its results and headline files (data/stages/, data/metrics/) are the runner's. The file is
+committed, so `dvc repro` and `dvc status` work without this package, and tests/test_stages.py fails when the
+committed file is not what the stage list generates.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from tasks.common.code_deps import ROOT, stage_code
+from tasks.stages import STAGES, Out, Stage
+
+HEADER = """\
+# Generated from tasks/stages.py by `python -m tasks dvc-yaml`: edit the stage list, not this file.
+# Every stage runs `python -m tasks run STAGE`, the same runner the Prefect flow (flows/pipeline.py) calls. Its deps
+# are the code it runs (followed from its imports) and the data it reads; its params are the keys it reads.
+# data/metrics/<stage>.json: each stage's headline numbers (`dvc metrics show/diff`); data/stages/<stage>.json:
+# everything it returned. data/ingested holds the raw corpus with its PII: `dvc push` leaves it out (push: false).
+"""
+
+
+def _out(out: Out):
+    options = {k: v for k, v in (("cache", out.cache), ("push", out.push)) if not v}
+    return {str(out.path): options} if options else str(out.path)
+
+
+def stage_entry(stage: Stage, adapters: list[str]) -> dict:
+    outs = [*stage.outs, Out(stage.results_file, cache=False)]
+    entry = {"cmd": f"python -m tasks run {stage.name}",
+             "deps": stage_code(stage, adapters) + [str(p) for p in stage.deps],
+             "params": list(stage.params),
+             "outs": [_out(o) for o in outs],
+             "metrics": [{str(stage.metrics_file): {"cache": False}}]}
+    if stage.plots:
+        entry["plots"] = [{str(p): {"cache": False}} for p in stage.plots]
+    return entry
+
+
+def stages() -> dict[str, dict]:
+    adapters = [s.run.__name__ for s in STAGES]
+    return {s.name: stage_entry(s, adapters) for s in STAGES}
+
+
+def _item(value) -> str:
+    """One list entry, written as DVC's own docs write them: `- path` or `- path: {cache: false}`."""
+    if isinstance(value, str):
+        return value
+    (path, options), = value.items()
+    return f"{path}: {{{', '.join(f'{k}: {str(v).lower()}' for k, v in options.items())}}}"
+
+
+def generate() -> str:
+    lines = [HEADER.rstrip("\n"), "stages:"]
+    for name, entry in stages().items():
+        lines += [f"  {name}:", f"    cmd: {entry['cmd']}"]
+        for key in ("deps", "params", "outs", "metrics", "plots"):
+            if key in entry:
+                lines += [f"    {key}:"] + [f"      - {_item(v)}" for v in entry[key]]
+    text = "\n".join(lines) + "\n"
+    assert yaml.safe_load(text)["stages"] == stages(), "the dvc.yaml writer lost something"
+    return text
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks dvc-yaml", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is not what the stage list makes")
+    parser.add_argument("--out", type=Path, default=ROOT / "dvc.yaml")
+    args = parser.parse_args(argv)
+    text = generate()
+    if args.check:
+        same = args.out.exists() and args.out.read_text() == text
+        print(f"{args.out}: {'as generated' if same else 'differs from the stage list: run python -m tasks dvc-yaml'}",
+              file=sys.stdout if same else sys.stderr)
+        return 0 if same else 1
+    args.out.write_text(text)
+    print(f"wrote {args.out} ({len(STAGES)} stages)")
+    return 0
