@@ -4,7 +4,7 @@ A stage is its adapter (`_clean` below: reads its params, calls the plain stage 
 declaration: the dotted params.yaml keys it reads, the data it reads and writes, its plots and headline figures.
 Everything else is derived from that: dvc.yaml (`python -m tasks dvc-yaml`, with each stage's code deps found by
 following its imports: tasks/common/code_deps.py), the params MLflow records for it, and the view of the config it is
-handed (tasks/config.py:ParamsView), which refuses any key it did not declare.
+handed (tasks/config/__init__.py:ParamsView), which refuses any key it did not declare.
 
 The runner opens the stage's MLflow run, times it, logs results and artifacts, writes everything it returned to
 data/stages/<stage>.json and its headline to data/metrics/<stage>.json (DVC metrics: `dvc metrics show/diff`), and

@@ -1,0 +1,118 @@
+"""The data sections of params.yaml: ingest and clean (tasks/data/)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from tasks.config.section import Section
+
+
+class IngestConfig(Section):
+    source: str
+    max_records: int = Field(ge=0)
+
+
+class QualityConfig(Section):
+    """Per-conversation filters (tasks/data/quality.py), Gopher/C4-style; thresholds tuned on chat data, not web pages."""
+    min_chars: int                             # whole conversation, after whitespace normalisation
+    max_chars: int
+    require_assistant: bool
+    trim_leading_replies: bool                 # start a chunk that opens mid-answer at its first user turn (audited)
+    # Gopher statistics, per assistant reply with code blocks removed (replies under 50 words are not judged). Gopher's
+    # web-page thresholds drop 25% of ShareGPT (lists, tables, songs people asked for); these drop loops and garble.
+    max_symbol_word_ratio: float               # ('#' + '...') per word, headings excluded (Gopher: 0.1)
+    max_duplicate_line_fraction: float         # characters in lines that repeat an earlier line (Gopher: 0.3)
+    max_top_2gram_fraction: float              # characters covered by the most frequent word 2-gram (Gopher: 0.2)
+    max_duplicate_5gram_fraction: float        # characters in repeated word 5-grams (Gopher: 0.15)
+    min_mean_word_length: float                # Gopher: 3; maths, chess notation and number tables sit below 3
+    max_mean_word_length: float
+    languages: list[str]                       # ISO 639-1 codes to keep (py3langid); empty keeps every language
+    min_language_score: float                  # probability of the detected language below which a row is dropped
+
+
+class NormaliseConfig(Section):
+    """What near-dedup ignores before shingling (tasks/data/dedup.py), as datatrove's TextNormConfig: light edits (a
+    comma, a particle's punctuation, a capital, a full-width digit) stop splitting near-duplicates. All on by default:
+    of benchmarks/dedup.py's light-edit pairs, all off finds 45% (English) and 58% (Chinese), all on 100% and 99%, at
+    precision 1.000. Whitespace is always collapsed: shingles are n-grams of words and of single CJK characters."""
+    lowercase: bool                            # Unicode case folding
+    punctuation: bool                          # punctuation and symbols (ASCII, CJK, full-width, emoji) become spaces
+    digits: bool                               # numbers' digits become 0: 2023-01-05 = 1999-12-31; python3 stays
+    width: bool                                # NFKC: full-width letters, digits, punctuation -> ASCII; ligatures split
+    diacritics: bool                           # NFKD, then combining accents dropped: café = cafe
+
+
+class NearDedupConfig(Section):
+    threshold: float = Field(gt=0, le=1)       # Jaccard of normalised shingle sets
+    num_perm: int
+    shingle_words: int = Field(ge=1)           # word n-grams
+    # Character n-grams in CJK text, where each character is a token. Shorter than 5 because a particle is one
+    # character that breaks n shingles: of benchmarks/dedup.py's Chinese light-edit pairs (2-4% of characters edited)
+    # 5-grams find 95.4%, 4-grams 99.1%, 3-grams 99.9%, all at precision 1.000; 4 still spans two words or more.
+    shingle_cjk_chars: int = Field(ge=1)
+    normalise: NormaliseConfig
+    keep: Literal["longest", "first"]          # which member of a duplicate cluster survives
+
+    @field_validator("num_perm")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 2 or value & (value - 1):
+            raise ValueError("num_perm must be a power of two (one-permutation MinHash uses it as its bin count)")
+        return value
+
+
+class DecontaminationConfig(Section):
+    """Drop training rows that contain an evaluation example's n-grams (tasks/data/decontaminate.py)."""
+    ngram: int = Field(ge=1)                   # word n-grams, as in GPT-3's contamination study
+    min_containment: float = Field(gt=0, le=1)  # fraction of an eval example's n-grams found in the row
+    held_out: bool                             # the pipeline's own test split (datasets.test_fraction) is an eval set
+    eval_sets: list[str]                       # more JSONL files (`messages` or `text` per line) to protect
+
+
+PiiType = Literal["email", "phone", "ip_address", "credit_card", "iban", "us_ssn", "cn_resident_id", "secret",
+                  "url_credentials"]
+
+
+class PiiConfig(Section):
+    types: list[PiiType]
+    phone_regions: list[str]                   # tried for numbers without a +country prefix
+    ner_model: str | None                      # an installed spaCy model for presidio NER (names, places); None: off
+
+
+class ExecutorConfig(Section):
+    """Where the per-chunk work (filters, fingerprints, signatures, PII) runs; the global steps run in the driver."""
+    kind: Literal["local", "dask"]
+    workers: int = Field(ge=1)                 # processes here (local), or LocalCluster workers (dask, no address)
+    address: str | None                        # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
+    chunk_mb: float = Field(gt=0)              # input bytes per task: bounds memory, the corpus is streamed
+
+
+class ToxicityConfig(Section):
+    """tasks/data/toxicity.py: a conversation is dropped when a reply in `roles` matches the blocklist (built-in
+    English and Chinese terms, plus `blocklist_file`) or alt-profanity-check scores it at least `threshold`."""
+    enabled: bool
+    threshold: float = Field(gt=0, le=1)       # 1: the blocklist alone ("kill the process with kill -9" scores 0.77)
+    blocklist_file: str                        # more terms, one per line (see tasks/data/toxicity_blocklist.txt)
+    roles: list[Literal["system", "user", "assistant"]]  # whose messages are judged
+
+
+class PerplexityConfig(Section):
+    """tasks/data/perplexity.py: each conversation's assistant tokens scored by a small causal LM; the tail above
+    `threshold` (when set) or above the corpus' `percentile` is dropped."""
+    enabled: bool                              # off by default: a forward pass per conversation (see params.yaml)
+    model: str                                 # any HF causal LM folder or hub id
+    max_tokens: int = Field(ge=8)              # of each conversation, from its start, in the model's chat template
+    batch_size: int = Field(ge=1)
+    percentile: float = Field(gt=0, le=100)
+    threshold: float = Field(ge=0)             # 0: the percentile decides
+
+
+class CleanConfig(Section):
+    quality: QualityConfig
+    toxicity: ToxicityConfig
+    perplexity: PerplexityConfig
+    near_dedup: NearDedupConfig
+    decontamination: DecontaminationConfig
+    pii: PiiConfig
+    executor: ExecutorConfig

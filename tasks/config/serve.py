@@ -1,0 +1,54 @@
+"""The serving sections of params.yaml: quantize, vllm, serve (tasks/serve/)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.config.section import Section
+
+Scheme = Literal["W8A8", "W4A16", "W4A16-GPTQ", "none"]
+
+
+class QuantizeConfig(Section):
+    scheme: Scheme
+    group_size: int
+    ignore: list[str]
+    smoothing: float = Field(ge=0, lt=1)       # SmoothQuant's strength before W8A8; 0 = off
+    calibration_samples: int = Field(ge=1)     # GPTQ's and SmoothQuant's, from the SFT training set
+    compare: list[Scheme]
+    gguf: Literal["", "F32", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
+    gguf_pre: str
+
+
+class VllmConfig(Section):
+    """Every vLLM server the project starts: smoke_test's, evaluate's (candidate, champion, judge) and `make serve`'s."""
+    python: str
+    # merged: the quantized merged checkpoint; lora: the base in the serving dtype + the DPO adapter, swapped at run
+    # time by `make serve` (tasks/common/adapter_folder.py)
+    mode: Literal["merged", "lora"]
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256]  # lora: the largest adapter rank the server accepts
+    host: str
+    port: int
+    max_model_len: int
+    enforce_eager: bool
+    memory_utilization: float = Field(gt=0, le=1)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"]  # auto: fp32 on CPUs without native bf16
+    startup_timeout_s: float
+    request_timeout_s: float                   # one request, queueing included (a slow CPU at high concurrency)
+    extra_args: list[str]
+    env: dict[str, str]
+
+
+class ServeConfig(Section):
+    """`make serve` (tasks/serve/serve_registry.py): a proxy at host:port in front of vLLM (run with the `vllm`
+    settings), following a registry alias, with per-request caps and Prometheus figures logged to MLflow."""
+    host: str
+    port: int = Field(ge=0)                    # the proxy's port, stable across swaps (0 = a free port)
+    poll_s: float = Field(gt=0)                # how often the alias is looked up in the registry
+    drain_timeout_s: float = Field(gt=0)       # the old server finishes its requests for at most this long
+    max_n: int = Field(ge=1)                   # caps per request, answered 400 above them (413 for the body size)
+    max_tokens: int = Field(ge=1)              # also the limit a request that names none gets
+    max_request_bytes: int = Field(ge=1024)
+    metrics_interval_s: float = Field(gt=0)  # vLLM's /metrics scraped into MLflow time series this often
+    cost_per_hour: float = Field(ge=0)         # what the machine costs, for cost per 1M tokens (0 = not logged)
