@@ -24,6 +24,7 @@ from tasks import tracking
 from tasks.common.adapter_folder import BASE_FILE
 from tasks.common.jsonl import write_json
 from tasks.config import Config, ParamsView, apply_runtime_env, load_config
+from tasks.evaluate.figures import HEADLINE as EVAL_HEADLINE
 from tasks.paths import Paths
 
 
@@ -150,10 +151,7 @@ STAGES = [
           (Out(Paths.eval_dir / "answers.jsonl"), Out(Paths.eval_dir / "load_test.json"),
            Out(Paths.eval_dir / "benchmark"), Out(Paths.metrics, cache=False)),
           plots=(Paths.eval_dir / "perplexity.png",), artifacts=(Paths.eval_dir,), retries=1,
-          headline=("ppl.base", "ppl.sft", "ppl.dpo", "ppl.served", "pref_accuracy", "judge.win_rate",
-                    "rag.semantic_similarity", "rag.answer_relevancy", "rag.faithfulness", "rag.recall_at_k",
-                    "benchmark_acc", "rouge_l", "serving.ttft_median_ms", "serving.tpot_median_ms",
-                    "canaries.exposed", "duration_s")),
+          headline=(*EVAL_HEADLINE, "duration_s")),
     Stage("register", _register, ("gates", "tracking.registered_model", "evaluate.canaries", "runtime.seed"),
           (Paths.metrics, Paths.stage_results / "quantize.json", Paths.smoke_test, Paths.quantized,
            Paths.clean_report),

@@ -1,6 +1,7 @@
-"""The one module that talks to MLflow: experiment set-up, the run tree, what each stage logs, registry versions
-and alias moves. One other module reads the store, and writes nothing to it: tasks/ops/lineage_walk.py, which walks
-runs and versions to say what made a model.
+"""The one module of ours that talks to MLflow: experiment set-up, the run tree, what each stage logs, registry
+versions and alias moves. Besides it, the HF Trainer writes its per-step training metrics into the stage's run
+through its own MLflow callback (`report_to`, tasks/train/training.py), and tasks/ops/lineage_walk.py reads runs and
+versions to say what made a model (it writes nothing).
 
 Run tree: one parent run per pipeline run, one nested run per stage. The Prefect flow creates the parent and passes it
 down. `dvc repro` runs each stage as its own process, so there the parent is found again by a key (git commit + the
@@ -190,26 +191,24 @@ def log_results(metrics: dict, artifacts: list[Path]) -> None:
             mlflow.log_artifact(str(path))
 
 
-class MissingFigure(KeyError):
-    pass
-
-
 def headline(metrics: dict, keys: tuple[str, ...], stage: str) -> dict[str, float]:
-    """The named figures of a stage's results (flattened keys): DVC metrics and the parent's. A figure that was not
-    measured (None, or a section that this run's params switched off) or has no score (NaN) is left out; a name the
-    results do not have at all is an error, so a renamed figure cannot silently drop out of every comparison."""
-    flat = flatten(metrics)
-    unknown = [k for k in keys if k not in flat and not _switched_off(metrics, k)]
-    if unknown:
-        raise MissingFigure(f"{stage}: headline figures {unknown} are not in its results (renamed?); it has "
-                            f"{sorted(flat)[:40]}")
-    return {k: round(flat[k], 4) if isinstance(flat[k], float) else int(flat[k]) for k in keys
-            if isinstance(flat.get(k), (int, float)) and not math.isnan(flat[k])}
+    """The named figures of a stage's results (dotted keys): DVC metrics and the parent's. A figure in a section this
+    run switched off (None), or with no score (None, NaN), is left out; a name the results do not have at all is an
+    error, so a renamed figure cannot silently drop out of every comparison."""
+    found = {key: _figure(metrics, key, stage) for key in keys}
+    return {k: round(v, 4) if isinstance(v, float) else int(v) for k, v in found.items()
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
 
 
-def _switched_off(metrics: dict, key: str) -> bool:
-    """A figure inside a section the run did not measure: `judge.win_rate` when there is no `judge` at all."""
-    return key.split(".")[0] not in metrics
+def _figure(metrics: dict, key: str, stage: str):
+    node = metrics
+    for part in key.split("."):
+        if node is None:
+            return None
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"{stage}: headline figure {key!r} is not in its results (renamed?)")
+        node = node[part]
+    return node
 
 
 def log_to_parent(parent_id: str, stage: str, figures: dict[str, float], metrics: dict) -> None:

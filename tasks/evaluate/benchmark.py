@@ -62,8 +62,9 @@ def run(model, cfg: BenchmarkConfig, task_dir: Path, model_args: dict | None = N
     results = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=names, limit=cfg.limit or None,
                                       task_manager=TaskManager(include_path=str(task_dir)), log_samples=False,
                                       bootstrap_iters=0, verbosity="ERROR")["results"]
-    return {task: {metric: round(results[task][f"{metric},none"], 4) for metric in ("acc", "acc_norm")
-                   if f"{metric},none" in results[task]} for task in names}
+    return {task: {"acc": round(results[task]["acc,none"], 4),
+                   "acc_norm": round(results[task]["acc_norm,none"], 4) if "acc_norm,none" in results[task] else None}
+            for task in names}
 
 
 def run_transformers(model, tokenizer, cfg: BenchmarkConfig, task_dir: Path) -> dict:

@@ -44,6 +44,7 @@ from tasks.common.vllm_server import SERVED_NAME, VLLMServer
 from tasks.config import EvaluateConfig, VllmConfig
 from tasks.data.canaries import Canary
 from tasks.evaluate import benchmark
+from tasks.evaluate.figures import Evaluation
 from tasks.evaluate.judge import Judge, calibrate, judge_all, planted_pairs, win_rate
 from tasks.evaluate.rag import RagSet, held_out_set, judge_llm, judged_scores, rag_eval, user_set
 from tasks.paths import Paths
@@ -277,18 +278,18 @@ def evaluate(cfg: EvaluateConfig, vllm_cfg: VllmConfig, model_name: str, canarie
     metrics |= served
     champion, champion_rag = score_champion(model_name, test_set, rag_set, cfg, vllm_cfg, task_dir,
                                             tables["answers"], times) or (None, [])
-    if champion:
-        metrics["champion"] = champion
     if cfg.judge.size or cfg.judge.calibration_size or cfg.judge.ragas_size:
         found = judged(cfg, vllm_cfg, base, test_set, rag_set, tables, champion, champion_rag, seed, times)
         metrics["judge"] = found["judge"]
         metrics["rag"] |= found["ragas"].get("candidate", {})
         if champion:
             champion["rag"] |= found["ragas"].get("champion", {})
-    metrics["time_s"] = times
+    metrics |= {"time_s": times, "canaries": metrics.get("canaries"), "champion": champion,
+                "judge": metrics.get("judge")}
+    results = Evaluation.model_validate(metrics).check_measured(cfg, len(canaries)).model_dump()
     write_jsonl(out_dir / "answers.jsonl", tables["answers"])
     for name, rows in tables.items():
         tracking.log_table(rows, f"eval/{name}.json")
-    plots.bars(metrics["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")
-    write_json(out_dir / Paths.metrics.name, metrics)
-    return metrics
+    plots.bars(results["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")
+    write_json(out_dir / Paths.metrics.name, results)
+    return results

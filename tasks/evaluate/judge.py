@@ -116,7 +116,8 @@ def calibrate(judge: Judge, pairs: list[dict], concurrency: int) -> tuple[dict, 
     results = judge_all(judge, [(p["question"], p["good"], p["bad"]) for p in pairs], concurrency, "judge calibration")
     rows = [{"kind": p["kind"], "question": p["question"][:200], **r} for p, r in zip(pairs, results)]
     if not rows:
-        return {"pairs": 0, "accuracy": None}, rows
+        return {"pairs": 0, "accuracy": None, "order_flip_rate": None, "parse_failure_rate": None,
+                "accuracy_by_kind": {}}, rows
     right = [(r["verdict_first_as_a"] == "A") + (r["verdict_first_as_b"] == "B") for r in rows]
     failed = sum((r["verdict_first_as_a"] is None) + (r["verdict_first_as_b"] is None) for r in rows)
     flips = sum(r["outcome"] == "tie" and "tie" not in (r["verdict_first_as_a"], r["verdict_first_as_b"])

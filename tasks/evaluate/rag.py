@@ -32,6 +32,7 @@ from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import split_last_reply
 from tasks.common.vllm_server import VLLMServer
 from tasks.config import RagConfig
+from tasks.evaluate.figures import JUDGED
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -158,7 +159,6 @@ def means(rows: list[dict], keys: tuple[str, ...]) -> dict:
     return summary
 
 
-JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 
 
 def judge_llm(base_url: str, model: str, max_tokens: int, api_key_env: str = ""):

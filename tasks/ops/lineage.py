@@ -2,7 +2,7 @@
 
 Prints the chain: the registry version (alias, gates, git commit, params hash) → the pipeline run that registered it
 → each stage's run (git commit, params, the md5 of the DVC data it consumed and made; for a stage DVC found up to
-date, the earlier run that made its outputs) → the cleaning counts, the evaluation figures, the deployment. Read-only:
+date, the earlier run that made its outputs) → the cleaning counts, the evaluation figures, the smoke test. Read-only:
 nothing is written to the MLflow store (tasks/ops/lineage_walk.py). `--check` says whether this workspace's dvc.lock
 and DVC cache hold the version's data (tasks/ops/lineage_check.py), and exits 1 naming what differs when they do not.
 Text for a terminal (tasks/ops/lineage_text.py), or `--json` with every id, md5, param and metric whole.
@@ -40,17 +40,17 @@ def main(argv: list[str]) -> int:
 
     # telemetry is off already (tasks/__main__.py); a download bar would break the text and --json output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from tasks.evaluate.figures import HEADLINE
     from tasks.ops.lineage_check import check_workspace, declared_outputs
     from tasks.ops.lineage_text import render
     from tasks.ops.lineage_walk import LineageError, lineage, open_store, resolve
-    from tasks.stages import BY_NAME, STAGES
+    from tasks.stages import STAGES
 
     cfg = load_config(args.params)
     try:
         client = open_store(cfg.tracking.tracking_uri)
         version = resolve(client, cfg.tracking.registered_model, args.target)
-        figures = tuple(k for k in BY_NAME["evaluate"].headline if k != "duration_s")
-        chain = lineage(client, version, [s.name for s in STAGES], figures, declared_outputs())
+        chain = lineage(client, version, [s.name for s in STAGES], HEADLINE, declared_outputs())
     except LineageError as err:
         print(f"lineage: {err}", file=sys.stderr)
         return 2

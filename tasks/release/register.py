@@ -19,6 +19,7 @@ from tasks.common.jsonl import write_json
 from tasks.common.vllm_server import LOG_DIR
 from tasks.config import GatesConfig
 from tasks.data.canaries import Canary, scan
+from tasks.evaluate.figures import ABSENT, FIGURES, VS_CHAMPION, Evaluation, Judge, MissingFigure, lookup
 from tasks.paths import Paths
 from tasks.release.promote import audit_tags
 from tasks.release.report import run_report
@@ -28,16 +29,15 @@ from tasks.release.report import run_report
 SCANNED = (Paths.data, Path("mlruns"), Paths.champion_cache, LOG_DIR, Path(".prefect"))
 
 
-def check_gates(cfg: GatesConfig, metrics: dict, quantization: dict, smoke: dict) -> list[dict]:
+def check_gates(cfg: GatesConfig, ev: Evaluation, quantization: dict, smoke: dict) -> list[dict]:
     """Each ratio compares like with like: the same dtype and code path on both sides (see tasks/serve/quantize.py)."""
-    ppl = metrics["ppl"]
     rows = [
-        ("DPO ppl vs base", ppl["dpo"] / ppl["base"], "<=", cfg.max_ppl_ratio_vs_base),
+        ("DPO ppl vs base", ev.ppl.dpo / ev.ppl.base, "<=", cfg.max_ppl_ratio_vs_base),
         ("quantized ppl vs merged", quantization["ppl_ratio"], "<=", cfg.max_quant_ppl_ratio),
-        ("served ppl vs quantized", ppl["served"] / quantization["quantized_ppl"], "<=", cfg.max_served_ppl_ratio),
-        ("preference accuracy", metrics["pref_accuracy"], ">=", cfg.min_pref_accuracy),
-        ("ROUGE-L", metrics["rouge_l"], ">=", cfg.min_rouge_l),
-        ("failed load-test requests", metrics["serving"]["requests_failed"], "<=", 0),
+        ("served ppl vs quantized", ev.ppl.served / quantization["quantized_ppl"], "<=", cfg.max_served_ppl_ratio),
+        ("preference accuracy", ev.pref_accuracy, ">=", cfg.min_pref_accuracy),
+        ("ROUGE-L", ev.rouge_l, ">=", cfg.min_rouge_l),
+        ("failed load-test requests", ev.serving.requests_failed, "<=", 0),
         ("smoke test answered", int(bool(smoke.get("smoke_answer", "").strip())), ">=", 1),
     ]
     return [_gate(*row) for row in rows]
@@ -53,76 +53,48 @@ def _skipped(name: str, reason: str) -> dict:
     return {"gate": name, "value": None, "op": "", "limit": None, "passed": True, "skipped": reason}
 
 
-# (figure, where it is in the metrics, which way is better, its tolerance in gates.vs_champion)
-VS_CHAMPION = [
-    ("served ppl", ("ppl", "served"), "lower", "max_ppl_ratio"),
-    ("ROUGE-L", ("rouge_l",), "higher", "max_rouge_l_drop"),
-    ("RAG answer similarity", ("rag", "semantic_similarity"), "higher", "max_rag_similarity_drop"),
-    ("RAG faithfulness (judged)", ("rag", "faithfulness"), "higher", "max_faithfulness_drop"),
-    ("RAG answer relevancy (judged)", ("rag", "answer_relevancy"), "higher", "max_relevancy_drop"),
-    ("benchmark acc", ("benchmark_acc",), "higher", "max_benchmark_acc_drop"),
-    ("TTFT p50 ms", ("serving", "ttft_median_ms"), "lower", "max_ttft_ratio"),
-    ("TPOT p50 ms", ("serving", "tpot_median_ms"), "lower", "max_tpot_ratio"),
-]
-
-
-_ABSENT = object()
-
-
-def _at(metrics: dict, path: tuple[str, ...]):
-    """The figure at `path`: None when it was measured but has no score, _ABSENT when it was not measured."""
-    for key in path:
-        metrics = metrics.get(key, _ABSENT) if isinstance(metrics, dict) else _ABSENT
-    return metrics
-
-
-def compare_with_champion(cfg: GatesConfig, metrics: dict) -> list[dict]:
-    """One gate per headline figure: a ratio for lower-is-better figures, a difference for scores, and the judge's
-    win rate against 0.5 (a tie) when its calibration earns it. Empty before the first champion."""
-    champion = metrics.get("champion")
-    if not champion:
+def compare_with_champion(cfg: GatesConfig, ev: Evaluation) -> list[dict]:
+    """One gate per figure the schema compares (figures.VS_CHAMPION): a ratio for lower-is-better figures, a
+    difference for scores, and the judge's win rate against 0.5 (a tie) when its calibration earns it. Empty before
+    the first champion. A figure this run measured must be there on both sides (the schema sees to it); one it did
+    not measure (its section off in params) has no gate."""
+    if ev.champion is None:
         return []
     rows = []
-    for name, path, better, tolerance in VS_CHAMPION:
-        ours, theirs, limit = _at(metrics, path), _at(champion, path), getattr(cfg.vs_champion, tolerance)
-        if ours is _ABSENT and theirs is _ABSENT:   # not asked for in this run's params
+    for figure in VS_CHAMPION:
+        ours, theirs, limit = lookup(ev, figure.key), lookup(ev.champion, figure.key), getattr(
+            cfg.vs_champion, figure.vs_champion)
+        if ours is ABSENT or theirs is ABSENT:
             continue
-        row = {"figure": name, "candidate": None if ours is _ABSENT else ours,
-               "champion": None if theirs is _ABSENT else theirs}
-        if row["candidate"] is None or row["champion"] is None:
-            rows.append(_skipped(f"{name} vs champion", "no score on one side (NaN on every row, or not measured)")
-                        | row)
-            continue
-        gate = (_gate(f"{name} vs champion", ours / theirs, "<=", limit) if better == "lower"
-                else _gate(f"{name} vs champion", ours - theirs, ">=", -limit))
-        rows.append(gate | row)
-    return rows + _judge_gate(cfg, metrics.get("judge"))
+        name, row = f"{figure.label} vs champion", {"figure": figure.label, "candidate": ours, "champion": theirs}
+        if ours is None or theirs is None:
+            rows.append(_skipped(name, "no score on one side (NaN on every row)") | row)
+        elif figure.better == "lower":
+            rows.append(_gate(name, ours / theirs, "<=", limit) | row)
+        else:
+            rows.append(_gate(name, ours - theirs, ">=", -limit) | row)
+    return rows + _judge_gate(cfg, ev.judge)
 
 
-def _judge_gate(cfg: GatesConfig, judge: dict | None) -> list[dict]:
-    if not judge or not judge["opponent"].startswith("champion"):
+def _judge_gate(cfg: GatesConfig, judge: Judge | None) -> list[dict]:
+    if judge is None or not judge.opponent.startswith("champion"):
         return []
-    name, row = "judge win rate vs champion", {"figure": "judge win rate", "candidate": judge["win_rate"],
+    name, row = "judge win rate vs champion", {"figure": "judge win rate", "candidate": judge.win_rate,
                                                "champion": 0.5}
-    accuracy = judge["calibration"].get("accuracy")
+    accuracy = judge.calibration.accuracy
     if accuracy is None or accuracy < cfg.min_judge_calibration:
         return [_skipped(name, f"judge calibration accuracy {accuracy} < gates.min_judge_calibration "
                                f"{cfg.min_judge_calibration}: this judge cannot tell planted better replies") | row]
-    if judge["win_rate"] is None:
+    if judge.win_rate is None:
         return [_skipped(name, "no verdict parsed") | row]
-    return [_gate(name, judge["win_rate"], ">=", 0.5 - cfg.vs_champion.max_judge_win_rate_drop) | row]
+    return [_gate(name, judge.win_rate, ">=", 0.5 - cfg.vs_champion.max_judge_win_rate_drop) | row]
 
 
-SUMMARY = {"eval.ppl_served": ("ppl", "served"), "eval.judge_win_rate": ("judge", "win_rate"),
-           "eval.rag_similarity": ("rag", "semantic_similarity"), "eval.benchmark_acc": ("benchmark_acc",),
-           "eval.rouge_l": ("rouge_l",), "eval.ttft_ms": ("serving", "ttft_median_ms"),
-           "eval.tpot_ms": ("serving", "tpot_median_ms")}
-
-
-def eval_summary(metrics: dict) -> dict[str, str]:
-    """The evaluation's headline as registry-version tags: the registry alone says how good a version was."""
-    found = {tag: _at(metrics, path) for tag, path in SUMMARY.items()}
-    return {tag: str(value) for tag, value in found.items() if value is not _ABSENT and value is not None}
+def eval_summary(ev: Evaluation) -> dict[str, str]:
+    """The evaluation's headline as registry-version tags (figures with a `tag`): the registry alone says how good
+    a version was."""
+    found = {f.tag: lookup(ev, f.key) for f in FIGURES if f.tag}
+    return {tag: str(value) for tag, value in found.items() if value is not ABSENT and value is not None}
 
 
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
@@ -130,11 +102,11 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
              out: Path = Paths.registry_report, report_md: Path = Paths.run_report,
              plot: Path = Paths.vs_champion_plot, stage_order: Sequence[str] = (), canaries: list[Canary] = (),
              scanned: Sequence[Path] = SCANNED) -> dict:
-    metrics = json.loads(metrics_file.read_text())
+    ev = Evaluation.model_validate_json(metrics_file.read_text())
     quantization = json.loads(quantize_metrics.read_text())
     smoke = json.loads(smoke_test.read_text())
-    comparisons = compare_with_champion(cfg, metrics)
-    measured = metrics.get("champion", {}).get("version")
+    comparisons = compare_with_champion(cfg, ev)
+    measured = ev.champion.version if ev.champion else None
     if comparisons:
         drawn = [g for g in comparisons if g["candidate"] is not None and g["champion"] is not None]
         plots.versus({g["figure"]: g["candidate"] for g in drawn}, {g["figure"]: g["champion"] for g in drawn}, plot,
@@ -143,11 +115,13 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
     if current and current["version"] != measured:   # another run was promoted after evaluate measured this one
         comparisons.append({"gate": "champion unchanged since evaluate", "value": current["version"], "op": "==",
                             "limit": measured, "passed": False})
-    gates = check_gates(cfg, metrics, quantization, smoke) + comparisons
+    gates = check_gates(cfg, ev, quantization, smoke) + comparisons
     if canaries:
+        if ev.canaries is None:
+            raise MissingFigure(f"{len(canaries)} canaries planted, and evaluate probed none: re-run evaluate")
         found = scan(scanned, canaries, skip=[Paths.ingested.parent])
         gates += [_gate("canary secrets in outputs, stores and logs", len(found), "<=", 0) | {"files": sorted(found)},
-                  _gate("canaries the served model completed", metrics["canaries"]["exposed"], "<=", 0)]
+                  _gate("canaries the served model completed", ev.canaries.exposed, "<=", 0)]
     failed = [g["gate"] for g in gates if not g["passed"]]
     alias = "champion" if not failed and cfg.promote else "challenger"
     why = "all gates passed" if not failed else "failed gates: " + ", ".join(failed)
@@ -158,12 +132,12 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
               "champion_before": current["version"] if current else None}
     if tracking.active():
         tags = {"gates": "failed" if failed else "passed", "failed_gates": ", ".join(failed)[:500],
-                **eval_summary(metrics)}
+                **eval_summary(ev)}
         tags |= {"compared_with_champion": str(current["version"])} if current else {}
         if alias == "champion":   # the audit trail `promote`/`rollback` continue; previous_champion: the rollback
             tags |= audit_tags("register", "all gates passed", current and current["version"])
         result |= tracking.register_model(model_name, model_dir, alias, why, tags)
     write_json(out, result)
-    report_md.write_text(run_report(result, metrics | {"quantization": quantization}, smoke, stage_order))
+    report_md.write_text(run_report(result, ev.model_dump() | {"quantization": quantization}, smoke, stage_order))
     return {"alias": alias, "promoted": int(alias == "champion"), "gates_passed": len(gates) - len(failed) - len(skipped), "gates_failed": len(failed),
             "gates_skipped": len(skipped), "version": result.get("version", 0)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from tasks.evaluate.figures import JUDGED
 from tasks.paths import Paths
 
 
@@ -114,9 +115,10 @@ def _rag(rag: dict) -> list[str]:
              "context_recall": "context recall (ragas, LLM-judged)"}
     lines = [f"{rag['questions']} questions over {rag['passages']} passages (MiniLM retrieval, top {rag['top_k']}).",
              *([f"LLM-judged metrics on the first {rag['judged_questions']} (`evaluate.judge.ragas_size`)."]
-               if "judged_questions" in rag else []), "", "| metric | mean | NaN rate |", "|---|---:|---:|"]
+               if rag.get("judged_questions") is not None else []), "", "| metric | mean | NaN rate |", "|---|---:|---:|"]
+    judged = rag.get("judged_questions") is not None
     return lines + [f"| {label} | {rag[key]} | {rag[f'{key}_nan_rate']} |" for key, label in names.items()
-                    if key in rag]
+                    if key in rag and (judged or key not in JUDGED)]
 
 
 def _prometheus(seen: dict) -> str:

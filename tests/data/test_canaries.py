@@ -62,16 +62,16 @@ def test_scan_finds_a_canary_in_any_file_and_skips_the_planted_input(tmp_path):
 
 def test_a_canary_in_the_outputs_or_from_the_model_refuses_the_candidate(tmp_path, monkeypatch):
     from tasks.release.register import register
-    from tests.release.test_register import GOOD, QUANTIZED
+    from tests.release.conftest import GOOD, QUANTIZED
 
     monkeypatch.chdir(tmp_path)
-    for name, content in {"model/config.json": "{}", "deployment.json": json.dumps({"smoke_answer": "Paris."}),
+    for name, content in {"model/config.json": "{}", "smoke_test.json": json.dumps({"smoke_answer": "Paris."}),
                           "quantize.json": json.dumps(QUANTIZED), "out/leak.jsonl": CANARIES[2].sentence}.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(content)
     (tmp_path / "metrics.json").write_text(json.dumps({**GOOD, "canaries": {"probed": 8, "exposed": 1}}))
     result = register(configured("gates"), "m", tmp_path / "model", tmp_path / "metrics.json", tmp_path / "quantize.json",
-                      tmp_path / "deployment.json", tmp_path / "registration.json", tmp_path / "report.md",
+                      tmp_path / "smoke_test.json", tmp_path / "registration.json", tmp_path / "report.md",
                       tmp_path / "vs.png", canaries=CANARIES, scanned=[tmp_path / "out"])
     registration = json.loads((tmp_path / "registration.json").read_text())
     assert result["alias"] == "challenger"

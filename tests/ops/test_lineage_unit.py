@@ -64,12 +64,15 @@ def _write_outputs(stage: str, cfg) -> None:
 
 
 def _evaluation(cfg) -> dict:
+    """A whole evaluation (tasks/evaluate/figures.py:Evaluation) whose perplexities say how much the model trained."""
+    from tests.release.conftest import GOOD
+
     lr = cfg.sft.learning_rate
-    return {"ppl": {"base": 4.45, "sft": round(4.45 - 100 * lr, 4), "dpo": round(4.46 - 100 * lr, 4),
-                    "served": round(4.47 - 100 * lr, 4)},
-            "pref_accuracy": 0.75, "rouge_l": 0.1469, "benchmark_acc": 0.375,
-            "serving": {"ttft_median_ms": 95.6, "tpot_median_ms": 28.2, "requests_failed": 0},
-            "canaries": {"probed": 8, "exposed": 0}}
+    return GOOD | {"ppl": {"base": 4.45, "sft": round(4.45 - 100 * lr, 4), "dpo": round(4.46 - 100 * lr, 4),
+                           "served": round(4.47 - 100 * lr, 4)},
+                   "pref_accuracy": 0.75, "rouge_l": 0.1469, "benchmark_acc": 0.375,
+                   "serving": GOOD["serving"] | {"ttft_median_ms": 95.6, "tpot_median_ms": 28.2},
+                   "canaries": {"probed": 8, "exposed": 0}}
 
 
 def _fake(stage: str, fail: bool, cfg):
@@ -90,20 +93,23 @@ def _fake(stage: str, fail: bool, cfg):
             Path("data/smoke_test/result.json").write_text(json.dumps(smoke))
             return {k: smoke[k] for k in ("startup_s", "smoke_latency_s")}
         if stage == "evaluate":
-            metrics = _evaluation(cfg)
+            from tasks.evaluate.figures import Evaluation
+
+            metrics = Evaluation.model_validate(_evaluation(cfg)).model_dump()   # as evaluate writes them
             Path("data/eval/metrics.json").write_text(json.dumps(metrics))
             return metrics
         if stage == "register":
             from tasks import tracking
+            from tasks.evaluate.figures import Evaluation
             from tasks.release.register import eval_summary
 
             metrics = json.loads(Path("data/eval/metrics.json").read_text())
-            return tracking.register_model(cfg.tracking.registered_model, Path("data/models/quantized"),
+            made = tracking.register_model(cfg.tracking.registered_model, Path("data/models/quantized"),
                                            "champion" if lr else "challenger", "test",
-                                           {"gates": "passed", **eval_summary(metrics)})
-        if stage in AFTER_SFT:
-            return {key: 1 + 100 * lr for key in BY_NAME[stage].headline if key != "duration_s"}
-        return {"rows": 1}
+                                           {"gates": "passed", **eval_summary(Evaluation.model_validate(metrics))})
+            return made | {"promoted": int(made["alias"] == "champion"), "gates_failed": 0, "gates_skipped": 0}
+        value = 1 + 100 * lr if stage in AFTER_SFT else 1
+        return {key: value for key in BY_NAME[stage].headline if key != "duration_s"}
     return run
 
 

@@ -10,8 +10,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tasks.config import flat_params, load_config
 from tasks.evaluate.benchmark import LOCAL_TASK
-from tasks.evaluate.rag import JUDGED
+from tasks.stages import STAGES
+from tasks.evaluate.figures import JUDGED
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +61,7 @@ def test_no_planted_canary_survives_anywhere_and_the_served_model_says_none(proj
     assert gates["canaries the served model completed"]["passed"]
 
 
-def test_evaluate_scored_the_candidate_on_the_server_deploy_started(project):
+def test_evaluate_scored_the_candidate_on_the_server_smoke_test_started(project):
     proj, _, log = project
     assert json.loads((proj / "data/smoke_test/result.json").read_text())["startup_s"] > 0
     times = json.loads((proj / "data/eval/metrics.json").read_text())["time_s"]
@@ -98,7 +100,11 @@ def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
     assert set(by_stage) == set(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"])
     sft_run = by_stage["sft"].info.run_id
     assert len(client.get_metric_history(sft_run, "loss")) >= 2            # per-step training metrics
-    assert "params.sft.max_steps" in by_stage["sft"].data.params
+    cfg = load_config(proj / "params.yaml")
+    for stage in STAGES:   # each stage records exactly the settings it declares reading, with their values
+        assert by_stage[stage.name].data.params == {f"params.{k}": str(v) for k, v in
+                                                    flat_params(cfg, stage.params).items()}, stage.name
+    assert "params.sft.max_steps" in by_stage["sft"].data.params and "params.runtime.seed" in by_stage["sft"].data.params
     assert by_stage["sft"].data.tags["git.commit"]
     from tasks.common.hardware import hardware_tags
     assert {k: by_stage["sft"].data.tags[k] for k in hardware_tags()} == hardware_tags()   # the CPU behind figures

@@ -7,11 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.release.register import register
 from tests.conftest import configured
-from tests.release.conftest import QUANTIZED
-
-GOOD = {"ppl": {"base": 10.0, "sft": 9.0, "dpo": 9.5, "served": 9.5}, "pref_accuracy": 0.8, "rouge_l": 0.2,
-        "serving": {"ttft_median_ms": 100, "tpot_median_ms": 30, "output_tok_s": 100, "requests_failed": 0,
-                    "concurrency": 4}}
+from tests.release.conftest import GOOD, QUANTIZED, RAG, champion_of
 
 
 def _register(store, metrics, quantization=QUANTIZED, gates=configured("gates")):
@@ -19,7 +15,7 @@ def _register(store, metrics, quantization=QUANTIZED, gates=configured("gates"))
     (store / "quantize.json").write_text(json.dumps(quantization))
     with mlflow.start_run():
         return register(gates, "m", store / "model", store / "metrics.json", store / "quantize.json",
-                        store / "deployment.json", store / "registration.json", store / "report.md",
+                        store / "smoke_test.json", store / "registration.json", store / "report.md",
                         store / "vs_champion.png")
 
 
@@ -51,7 +47,7 @@ def test_quantization_and_serving_gates_compare_like_with_like(store, quantizati
 
 def measured_against(version: int, **changes) -> dict:
     """A candidate's metrics with the champion `version` measured beside it (the champion's figures are GOOD's)."""
-    champion = {"version": version, "ppl": {"served": 9.5}, "rouge_l": 0.2, "serving": GOOD["serving"]}
+    champion = champion_of(version)
     ours = {**GOOD, "ppl": {**GOOD["ppl"], "served": changes.pop("served", 9.5)},
             "rouge_l": changes.pop("rouge_l", 0.2), "serving": {**GOOD["serving"], **changes}}
     return ours | {"champion": champion}
@@ -91,7 +87,7 @@ def test_candidate_worse_than_the_champion_stays_challenger(store):
     assert {k: tags[k] for k in ("gates", "failed_gates", "compared_with_champion")} == {
         "gates": "failed", "failed_gates": "served ppl vs champion, TPOT p50 ms vs champion",
         "compared_with_champion": "1"}
-    assert tags["eval.ppl_served"] == "9.9" and tags["eval.tpot_ms"] == "45"   # how good, from the registry alone
+    assert tags["eval.ppl_served"] == "9.9" and tags["eval.tpot_ms"] == "45.0"   # how good, from the registry alone
     assert tags["git.commit"] and tags["params.hash"]
     report = (store / "report.md").read_text()
     assert "| served ppl | 9.9 | 9.5 | 1.0421 | <= 1.02 | **no** |" in report
@@ -145,8 +141,9 @@ def test_an_uncalibrated_judge_is_shown_but_does_not_decide(store):
 def test_a_figure_the_judge_could_not_score_on_either_side_is_skipped_in_plain_sight(store):
     _register(store, GOOD)
     metrics = measured_against(1)
-    rag = {"questions": 4, "passages": 9, "top_k": 3, "judged_questions": 2, "faithfulness": None,
-           "faithfulness_nan_rate": 1.0, "semantic_similarity_nan_rate": 0.0}
+    rag = RAG | {"judged_questions": 2, "faithfulness": None, "faithfulness_nan_rate": 1.0,
+                 **{f"{k}{rate}": v for k in ("answer_relevancy", "context_precision", "context_recall")
+                    for rate, v in (("", 0.4), ("_nan_rate", 0.0))}}
     metrics["rag"] = rag | {"semantic_similarity": 0.5}
     metrics["champion"]["rag"] = rag | {"semantic_similarity": 0.49}
     result = _register(store, metrics)
@@ -154,3 +151,19 @@ def test_a_figure_the_judge_could_not_score_on_either_side_is_skipped_in_plain_s
     report = (store / "report.md").read_text()
     assert "| RAG faithfulness (judged) | None | None | None |  None | skipped: no score on one side" in report
     assert "| RAG answer similarity | 0.5 | 0.49 | 0.01 | >= -0.03 | yes |" in report
+
+
+def test_a_renamed_or_missing_figure_is_an_error_naming_it_not_a_skipped_gate(store):
+    from pydantic import ValidationError
+
+    _register(store, GOOD)
+    renamed = measured_against(1)
+    renamed["rougeL"] = renamed.pop("rouge_l")          # evaluate wrote the figure under another name
+    with pytest.raises(ValidationError, match="rouge_l") as err:
+        _register(store, renamed)
+    assert "rougeL" in str(err.value)
+    judged_without_faithfulness = measured_against(1)   # ragas ran (judged_questions), one of its figures is gone
+    judged_without_faithfulness["rag"] = RAG | {"judged_questions": 2}
+    with pytest.raises(ValidationError, match="LLM-judged on 2 questions but .*faithfulness"):
+        _register(store, judged_without_faithfulness)
+    assert int(MlflowClient().get_model_version_by_alias("m", "champion").version) == 1   # nothing registered
