@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from tasks.config import ToxicityConfig, changed, load_config
-from tasks.data.toxicity import classifier_scores, toxic_replies
+from tasks.data.filters.toxicity import classifier_scores, toxic_replies
 
 TOXIC = [
     "You are a fucking idiot and nobody wants you here.",

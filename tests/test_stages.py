@@ -58,7 +58,7 @@ def test_code_deps_follow_function_level_imports_and_files_named_in_the_code():
     assert "tasks/common/hardware.py" in deps["evaluate"] and "tasks/common/hardware.py" in deps["smoke_test"]
     assert "tasks/serve/serve_bench.py" in deps["evaluate"]        # run as `python -m tasks.serve.serve_bench`
     assert "tasks/common/reaper.py" in deps["smoke_test"]          # Path(__file__).with_name("reaper.py")
-    assert "tasks/data/toxicity_blocklist.txt" in deps["clean"]
+    assert "tasks/data/filters/toxicity_blocklist.txt" in deps["clean"]
     assert "tasks/evaluate/judge.py" not in deps["clean"]          # another stage's adapter is not followed
     assert not any("tasks/ops/" in d or d == "tasks/serve/serve_registry.py" for ds in deps.values() for d in ds)
 

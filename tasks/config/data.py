@@ -13,8 +13,14 @@ class IngestConfig(Section):
     max_records: int = Field(ge=0)
 
 
-class QualityConfig(Section):
-    """Per-conversation filters (tasks/data/quality.py), Gopher/C4-style; thresholds tuned on chat data, not web pages."""
+class FilterSection(Section):
+    """A cleaning filter's settings (tasks/data/filters/): its field name in CleanConfig is the filter's name, the one
+    `clean.filters` lists to run it."""
+
+
+class QualityConfig(FilterSection):
+    """Per-conversation filters (tasks/data/filters/quality.py), Gopher/C4-style; thresholds tuned on chat data, not web
+    pages."""
     min_chars: int                             # whole conversation, after whitespace normalisation
     max_chars: int
     require_assistant: bool
@@ -27,7 +33,12 @@ class QualityConfig(Section):
     max_duplicate_5gram_fraction: float        # characters in repeated word 5-grams (Gopher: 0.15)
     min_mean_word_length: float                # Gopher: 3; maths, chess notation and number tables sit below 3
     max_mean_word_length: float
-    languages: list[str]                       # ISO 639-1 codes to keep (py3langid); empty keeps every language
+
+
+class LanguageConfig(FilterSection):
+    """tasks/data/filters/language.py: py3langid on the replies first; a row in another language, or in none it is
+    sure of, is dropped."""
+    languages: list[str] = Field(min_length=1)   # ISO 639-1 codes to keep (to keep every language, do not list it)
     min_language_score: float                  # probability of the detected language below which a row is dropped
 
 
@@ -88,19 +99,18 @@ class ExecutorConfig(Section):
     chunk_mb: float = Field(gt=0)              # input bytes per task: bounds memory, the corpus is streamed
 
 
-class ToxicityConfig(Section):
-    """tasks/data/toxicity.py: a conversation is dropped when a reply in `roles` matches the blocklist (built-in
-    English and Chinese terms, plus `blocklist_file`) or alt-profanity-check scores it at least `threshold`."""
-    enabled: bool
+class ToxicityConfig(FilterSection):
+    """tasks/data/filters/toxicity.py: a conversation is dropped when a reply in `roles` matches the blocklist
+    (built-in English and Chinese terms, plus `blocklist_file`) or alt-profanity-check scores it at least
+    `threshold`."""
     threshold: float = Field(gt=0, le=1)       # 1: the blocklist alone ("kill the process with kill -9" scores 0.77)
-    blocklist_file: str                        # more terms, one per line (see tasks/data/toxicity_blocklist.txt)
+    blocklist_file: str                        # more terms, one per line (as filters/toxicity_blocklist.txt)
     roles: list[Literal["system", "user", "assistant"]]  # whose messages are judged
 
 
-class PerplexityConfig(Section):
-    """tasks/data/perplexity.py: each conversation's assistant tokens scored by a small causal LM; the tail above
-    `threshold` (when set) or above the corpus' `percentile` is dropped."""
-    enabled: bool                              # off by default: a forward pass per conversation (see params.yaml)
+class PerplexityConfig(FilterSection):
+    """tasks/data/filters/perplexity.py: each conversation's assistant tokens scored by a small causal LM; the tail
+    above `threshold` (when set) or above the `percentile` of the scores of the rows it sees is dropped."""
     model: str                                 # any HF causal LM folder or hub id
     max_tokens: int = Field(ge=8)              # of each conversation, from its start, in the model's chat template
     batch_size: int = Field(ge=1)
@@ -109,10 +119,23 @@ class PerplexityConfig(Section):
 
 
 class CleanConfig(Section):
+    filters: list[str]                         # the filters the scan runs, in this order: names of the sections below
     quality: QualityConfig
+    language: LanguageConfig
     toxicity: ToxicityConfig
     perplexity: PerplexityConfig
     near_dedup: NearDedupConfig
     decontamination: DecontaminationConfig
     pii: PiiConfig
     executor: ExecutorConfig
+
+    @field_validator("filters")
+    @classmethod
+    def _known_and_once(cls, names: list[str]) -> list[str]:
+        known = [name for name, field in cls.model_fields.items()
+                 if isinstance(field.annotation, type) and issubclass(field.annotation, FilterSection)]
+        if unknown := [name for name in names if name not in known]:
+            raise ValueError(f"unknown filter {', '.join(unknown)}: a filter is one of {', '.join(known)}")
+        if repeated := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"filter {', '.join(repeated)} listed more than once")
+        return names

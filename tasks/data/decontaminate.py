@@ -30,7 +30,7 @@ import numpy as np
 
 from tasks.config import DecontaminationConfig
 from tasks.data.minhash import mix
-from tasks.data.quality import words
+from tasks.data.words import words
 
 _TURN = re.compile(r"^(?:user|assistant|system): ", re.MULTILINE)   # conversation_text's turn starts
 MIN_WORDS = 8     # n-gram length for eval examples whose turns are all shorter than ngram words

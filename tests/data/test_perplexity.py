@@ -3,7 +3,7 @@ the tail with reason and score in the audit, its counts reconcile, and the score
 import random
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
-from tasks.data.perplexity import cutoff, reply_perplexities
+from tasks.data.filters.perplexity import cutoff, reply_perplexities
 from tests.conftest import configured, conversation
 
 FLUENT = [("How do I make a cup of tea?", "Boil fresh water, pour it over the tea bag, wait three minutes, then "
@@ -20,7 +20,7 @@ def garbled(seed: int) -> str:
 
 
 def test_garbled_replies_score_far_above_fluent_ones_and_the_cutoff_is_the_percentile(base_model_dir):
-    cfg = configured("clean.perplexity", enabled=True, model=str(base_model_dir), batch_size=3)
+    cfg = configured("clean.perplexity", model=str(base_model_dir), batch_size=3)
     rows = [conversation(q, a, str(i))["messages"] for i, (q, a) in enumerate(FLUENT)]
     rows.append(conversation("Tell me something.", garbled(0), "g")["messages"])
     scores = reply_perplexities(rows, cfg)
@@ -37,8 +37,8 @@ def test_clean_drops_the_high_perplexity_tail_with_its_score(base_model_dir, tmp
     rows = [conversation(q, a, f"ok{i}") for i, (q, a) in enumerate(FLUENT)]
     rows += [conversation(f"Please answer question {i}.", garbled(i), f"bad{i}") for i in range(2)]
     write_jsonl(tmp_path / "in.jsonl", rows)
-    cfg = configured("clean", perplexity=configured("clean.perplexity", enabled=True, model=str(base_model_dir), percentile=66),
-                      toxicity=configured("clean.toxicity", enabled=False))
+    cfg = configured("clean", filters=["quality", "perplexity"],
+                     perplexity={"model": str(base_model_dir), "percentile": 66})
     counts = clean(cfg, tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "audit.jsonl", tmp_path / "r.json",
                    tmp_path / "r.md", tmp_path / "plots", held_out_fraction=0.0)
     assert counts["dropped_by_reason"] == {"high_perplexity": 2}
@@ -46,4 +46,4 @@ def test_clean_drops_the_high_perplexity_tail_with_its_score(base_model_dir, tmp
     audit = [a for a in read_jsonl(tmp_path / "audit.jsonl") if a["action"] == "dropped"]
     assert {a["id"] for a in audit} == {"bad0", "bad1"}
     assert all(a["stage"] == "perplexity" and a["perplexity"] > a["cutoff"] for a in audit)
-    assert (tmp_path / "plots" / "perplexity.png").stat().st_size > 0 and "perplexity" in counts["seconds"]
+    assert (tmp_path / "plots" / "perplexity.png").stat().st_size > 0 and "perplexity_cpu_in_scan" in counts["seconds"]

@@ -1,4 +1,4 @@
-"""Quality filters: each drops a row it must drop and keeps a similar row it must keep."""
+"""The quality and language filters: each drops a row it must drop and keeps a similar row it must keep."""
 from __future__ import annotations
 
 import pickle
@@ -7,12 +7,13 @@ import random
 import numpy as np
 import pytest
 
-from tasks.data.quality import (
-    FILTERS,
+from tasks.data.filters.language import Language, language_of
+from tasks.data.filters.quality import (
+    CHECKS,
+    Quality,
     assistant_replies,
     duplicate_5gram_fraction,
     duplicate_line_fraction,
-    language_of,
     mean_word_length,
     quality_reason,
     top_2gram_fraction,
@@ -164,12 +165,17 @@ FRENCH = chat("Bien sûr. La photosynthèse est le processus par lequel les plan
               "Peux-tu m'expliquer la photosynthèse ?")
 
 
+def reason(f, messages):
+    drop = f.filter(messages)
+    return drop and drop.reason
+
+
 def test_language_filter():
-    english = CFG.model_copy(update={"languages": ["en"]})
-    assert quality_reason(FRENCH, english) == "language"
-    assert quality_reason(FRENCH, CFG) is None                       # languages=[] keeps every language
-    assert quality_reason(chat(PARAGRAPH), english) is None
-    assert quality_reason(FRENCH, english.model_copy(update={"languages": ["en", "fr"]})) is None
+    english = Language(configured("clean.language", languages=["en"]))
+    assert reason(english, FRENCH) == "language" and english.filter(FRENCH).detail["language"] == "fr"
+    assert reason(english, chat(PARAGRAPH)) is None
+    assert reason(Language(configured("clean.language", languages=["en", "fr"])), FRENCH) is None
+    assert quality_reason(FRENCH, CFG) is None                       # the quality filter does not judge language
 
 
 def test_language_score():
@@ -177,9 +183,9 @@ def test_language_score():
                  "7. DripDen\n8. PerkPlace\n9. GrindGarden\n10. LatteLoft", "Suggest names for a coffee shop.")
     lang, score = language_of(names)
     assert lang == "en" and 0.5 < score < 0.9
-    assert quality_reason(names, CFG.model_copy(update={"languages": ["en"], "min_language_score": 0.9})) \
+    assert reason(Language(configured("clean.language", languages=["en"], min_language_score=0.9)), names) \
         == "language_score"
-    assert quality_reason(names, CFG.model_copy(update={"languages": ["en"], "min_language_score": 0.5})) is None
+    assert reason(Language(configured("clean.language", languages=["en"], min_language_score=0.5)), names) is None
 
 
 def test_language_reads_replies_first():
@@ -193,4 +199,7 @@ def test_language_reads_replies_first():
 def test_filters_pickle():
     """They run in worker processes."""
     assert pickle.loads(pickle.dumps(quality_reason))(FRENCH, CFG) is None
-    assert [pickle.loads(pickle.dumps(f)) for f in FILTERS] == FILTERS
+    assert [pickle.loads(pickle.dumps(f)) for f in CHECKS] == CHECKS
+    english = pickle.loads(pickle.dumps(Language(configured("clean.language", languages=["en"]))))
+    assert english.filter(FRENCH).reason == "language"
+    assert pickle.loads(pickle.dumps(Quality(CFG))).filter(chat("", "Hi")).reason == "empty_turn"

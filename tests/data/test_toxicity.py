@@ -7,7 +7,7 @@ import pytest
 
 from tasks.common.jsonl import read_jsonl, write_jsonl
 from tasks.config import ToxicityConfig
-from tasks.data.toxicity import Blocklist, toxic_replies
+from tasks.data.filters.toxicity import Blocklist, toxic_replies
 from tests.conftest import configured, conversation
 
 

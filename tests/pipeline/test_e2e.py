@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from tasks.config import flat_params, load_config
 from tasks.evaluate.benchmark import LOCAL_TASK
-from tasks.stages import STAGES
 from tasks.evaluate.figures import JUDGED
+from tasks.stages import STAGES
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ def stale(out: str) -> list[str]:
     ("tasks/config/evaluate.py", "all"),          # every stage validates the whole params.yaml
     ("tasks/release/promote.py", ["register"]),   # imported by register.py only
     ("tasks/evaluate/judge.py", ["evaluate"]),
-    ("tasks/data/toxicity_blocklist.txt", ["clean"]),   # a data file the code reads, not an import
+    ("tasks/data/filters/toxicity_blocklist.txt", ["clean"]),   # a data file the code reads, not an import
     ("tasks/serve/serve_bench.py", ["evaluate"]),       # run as `python -m tasks.serve.serve_bench`
     ("tasks/serve/swap.py", []),                  # `make serve` only: no stage runs it
 ])

@@ -5,7 +5,7 @@ alt-profanity-check (a linear SVM on TF-IDF, its model inside the wheel, offline
 it catches insults and abuse in any wording, in English only, and scores "kill the process with kill -9" 0.77, so
 its threshold sits high. The blocklist covers what it cannot read (Chinese) and the unambiguous terms, as
 phrases where a single word has an innocent sense. A reply is toxic if either says so; the drop reason names which,
-and the audit keeps the score.
+and the audit keeps the score. The filter judges a whole chunk in one classifier call (toxic_replies).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tasks.config import ToxicityConfig
+from tasks.data.filters.base import Drop, Filter
 
 BUILTIN_BLOCKLIST = Path(__file__).with_name("toxicity_blocklist.txt")
 _SPACED = re.compile(r"[A-Za-z0-9' *-]+")   # terms matched as whole words; any other script matches anywhere
@@ -72,3 +73,17 @@ def toxic_replies(conversations: list[list[dict]], cfg: ToxicityConfig) -> list[
         if reason and (found[i] is None or score > found[i][1]):
             found[i] = (reason, round(score, 4))
     return found
+
+
+class Toxicity(Filter):
+    name = "toxicity"
+
+    def filter_batch(self, conversations: list[list[dict]]) -> list[Drop | None]:
+        return [Drop(found[0], {"score": found[1]}) if found else None
+                for found in toxic_replies(conversations, self.cfg)]
+
+
+def described(cfg: ToxicityConfig) -> str:
+    """The filter in one line, for the clean report."""
+    terms = "built-in English and Chinese blocklist" + (f" + {cfg.blocklist_file}" if cfg.blocklist_file else "")
+    return f"{terms}, alt-profanity-check >= {cfg.threshold}, on {'/'.join(cfg.roles)} messages"

@@ -3,16 +3,23 @@
 The data chapters this pipeline follows score documents with a small LM (CCNet buckets by KenLM perplexity) and drop
 the low-quality tail: garbled text, boilerplate dumps, machine-translated soup score far above fluent replies. Here
 the LM is the base model by default (any HF causal LM folder or id): it scores what it will be trained on, in its
-own chat template, so a reply is judged in its conversation. The cost is a forward pass per conversation, so the
-clean stage runs it last among the filters (after dedup and decontamination) in its workers, and it is off by
-default on a 2-core CPU (measured in the clean report's seconds; see params.yaml).
+own chat template, so a reply is judged in its conversation. The cost is a forward pass per conversation, so it is
+off by default on a 2-core CPU (not in clean.filters; measured in the clean report's seconds; see params.yaml), and
+best listed last, where the cheaper filters have dropped what they can.
+
+Its cutoff is a percentile of the scores, which no chunk can decide alone: it is a CorpusFilter, scoring in the scan
+and judging once the scan is over. The scan runs before deduplication, so it also scores rows that exact and near
+dedup drop later (before issue 20 it ran after them): with duplicates in the corpus the percentile is taken over a
+slightly larger set, and a duplicate above the cutoff is dropped as high_perplexity, not as a duplicate.
 """
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 
 from tasks.config import PerplexityConfig
+from tasks.data.filters.base import CorpusFilter, Drop
 
 
 @lru_cache(maxsize=1)
@@ -69,3 +76,21 @@ def cutoff(scores: list[float], cfg: PerplexityConfig) -> float:
     if not finite:
         return math.inf
     return finite[min(len(finite) - 1, math.ceil(cfg.percentile / 100 * len(finite)) - 1)]
+
+
+class Perplexity(CorpusFilter):
+    name = "perplexity"
+
+    def score_batch(self, conversations: list[list[dict]]) -> list[float]:
+        return reply_perplexities(conversations, self.cfg)
+
+    def judge(self, scores: list[float]) -> list[Drop | None]:
+        limit = cutoff(scores, self.cfg)
+        return [Drop("high_perplexity", {"perplexity": round(s, 2), "cutoff": round(limit, 2)}) if s > limit else None
+                for s in scores]
+
+    def plot(self, scores: list[float], path: Path) -> None:
+        from tasks.common import plots
+
+        plots.histogram([math.log10(s) for s in scores if not math.isnan(s)], path,
+                        f"Reply perplexity under {self.cfg.model}", "log10 perplexity", bins_range=None)
