@@ -104,3 +104,18 @@ def test_the_import_graph_has_no_cycles():
         graph.add_edges_from((path, dep) for dep in code_deps.references(path, named=False) if dep.suffix == ".py" and dep != path)
     cycles = [[str(p.relative_to(ROOT)) for p in cycle] for cycle in nx.simple_cycles(graph)]
     assert cycles == []
+
+
+def test_writing_dvc_yaml_drops_lock_entries_of_stages_that_are_gone(tmp_path):
+    """DVC keeps a renamed stage's dvc.lock entry (the old `deploy`), whose md5s would be recorded on every version."""
+    import yaml
+
+    from tasks.ops.dvc_yaml import prune_lock
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "clean": {"cmd": "python -m tasks run clean"},
+        "deploy": {"cmd": "python -m tasks deploy", "outs": [{"path": "data/deploy/deployment.json", "md5": "c5"}]}}}))
+    assert prune_lock(lock, [s.name for s in STAGES]) == ["deploy"]
+    assert yaml.safe_load(lock.read_text()) == {"schema": "2.0", "stages": {"clean": {"cmd": "python -m tasks run clean"}}}
+    assert prune_lock(lock, [s.name for s in STAGES]) == []

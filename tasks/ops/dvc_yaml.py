@@ -3,7 +3,8 @@
 Each stage's params, data deps, outs and plots are its declaration; its code deps are the files its command runs
 (tasks/common/code_deps.py); its results and headline files (data/stages/, data/metrics/) are the runner's. The file is
 committed, so `dvc repro` and `dvc status` work without this package, and tests/test_stages.py fails when the
-committed file is not what the stage list generates.
+committed file is not what the stage list generates. Writing it also drops dvc.lock's entries for stages that are
+gone, which DVC itself keeps.
 """
 from __future__ import annotations
 
@@ -67,6 +68,20 @@ def generate() -> str:
     return text
 
 
+def prune_lock(lock: Path, names: list[str]) -> list[str]:
+    """Drop dvc.lock's entries for stages the stage list no longer has (a renamed or removed stage): DVC keeps them,
+    and their md5s would go on registering versions as data that made them. Returns the names dropped."""
+    if not lock.exists():
+        return []
+    locked = yaml.safe_load(lock.read_text()) or {}
+    gone = [name for name in locked.get("stages", {}) if name not in names]
+    if gone:
+        for name in gone:
+            del locked["stages"][name]
+        lock.write_text(yaml.safe_dump(locked, sort_keys=False))
+    return gone
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks dvc-yaml", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,4 +96,7 @@ def main(argv: list[str]) -> int:
         return 0 if same else 1
     args.out.write_text(text)
     print(f"wrote {args.out} ({len(STAGES)} stages)")
+    gone = prune_lock(args.out.with_name("dvc.lock"), [s.name for s in STAGES])
+    if gone:
+        print(f"dropped from dvc.lock, no longer stages: {', '.join(gone)}")
     return 0
