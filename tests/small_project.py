@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks.config import changed, load_config
 from tests.conftest import ROOT
 
 SMALL = {
@@ -33,8 +34,7 @@ def small_project(proj: Path, sections=tuple(SMALL), files=("dvc.yaml",), folder
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in files:
         shutil.copy(ROOT / name, proj)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section in sections:
-        params[section].update(SMALL[section])
+    cfg = changed(load_config(ROOT / "params.yaml"), **{section: SMALL[section] for section in sections})
+    params = cfg.model_dump()          # nested sections merged key by key, and validated as the pipeline validates
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     return params
