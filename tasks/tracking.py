@@ -53,6 +53,9 @@ def configure(cfg: TrackingConfig) -> str:
         exp_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     os.environ["MLFLOW_EXPERIMENT_NAME"] = cfg.experiment
+    # HF's MLflow callback logs per-step metrics only: its ~180 trainer and model-config params would bury the
+    # stage's declared settings in the UI's compare view (tasks/train/training.py keeps them as trainer_args.json)
+    os.environ["MLFLOW_MAX_LOG_PARAMS"] = "0"
     return exp_id
 
 

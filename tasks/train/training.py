@@ -114,14 +114,16 @@ def _restore_trained_adapter(model, checkpoint: Path) -> None:
 
 
 def finish(trainer, out_dir: Path, title: str, eval_key: str = "eval_loss") -> dict:
-    """Save the model, the per-step log and a loss-curve plot; return the run's summary metrics. `train_loss` is the
-    mean of the logged losses, which stays right for a resumed run (HF's own divides the resumed part by all steps)."""
+    """Save the model, the per-step log, the trainer's resolved arguments and a loss-curve plot; return the run's
+    summary metrics. `train_loss` is the mean of the logged losses, which stays right for a resumed run (HF's own
+    divides the resumed part by all steps)."""
     trainer.save_model(str(out_dir))      # every rank: FSDP/ZeRO-3 gather the weights to rank 0 here
     history = trainer.state.log_history
     series = {"train loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
               "eval loss": [(h["step"], h[eval_key]) for h in history if eval_key in h]}
     if trainer.is_world_process_zero():
         write_json(out_dir / "log_history.json", history)
+        (out_dir / "trainer_args.json").write_text(trainer.args.to_json_string())
         plots.curves(series, out_dir / "loss_curve.png", title, "loss")
     losses = [loss for _, loss in series["train loss"]]
     last = [h for h in history if "train_runtime" in h][-1]
