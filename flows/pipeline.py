@@ -20,6 +20,8 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from tasks.common.processes import exit_on_sigterm  # noqa: E402
+from tasks.common.workspace_lock import workspace_lock  # noqa: E402
 from tasks.config import Config, apply_runtime_env, load_config  # noqa: E402
 
 if TYPE_CHECKING:
@@ -75,8 +77,10 @@ def run_stage_task(stage_name: str, cfg: Config, parent_id: str) -> dict:
 
 @flow(name="finetune-pipeline")
 def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, until: str | None = None,
-                      push: bool = True) -> dict:
-    """Every stage DVC says is stale, in order, up to `until` (a stage name; None: all), as one MLflow pipeline run."""
+                      push: bool = True, wait_s: float = 0.0) -> dict:
+    """Every stage DVC says is stale, in order, up to `until` (a stage name; None: all), as one MLflow pipeline run.
+    The run holds the workspace throughout (tasks/common/workspace_lock.py): another run started meanwhile is refused,
+    or waits `wait_s` seconds for it."""
     cfg = load_config(params_file)   # read once: editing params.yaml mid-run does not change this run
     apply_runtime_env(cfg)
     stages = stages_until(until)     # a misspelt stage fails before anything runs
@@ -87,7 +91,8 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, unt
     log = get_run_logger()
     repo, results = _dvc_repo(), {}
     # one vLLM start per model per flow run: evaluate scores on the server smoke_test started
-    with tracking.pipeline_run(cfg, "prefect", Path(params_file)) as parent, kept_servers():
+    with workspace_lock("python -m tasks pipeline", wait_s=wait_s), \
+            tracking.pipeline_run(cfg, "prefect", Path(params_file)) as parent, kept_servers():
         for stage in stages:
             if not force and up_to_date(repo, stage.name):
                 log.info("%s: up to date (dvc.lock), skipped", stage.name)
@@ -114,7 +119,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="run every stage even if DVC says it is up to date")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage, e.g. clean (default: run them all)")
     parser.add_argument("--no-push", action="store_true", help="keep the outputs here: no `dvc push` after the run")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="when another run holds this workspace, wait this long for it (default: refuse at once)")
     args = parser.parse_args(argv)
     apply_runtime_env(load_config(args.params))
-    finetune_pipeline(args.params, args.force, args.until, push=not args.no_push)
+    exit_on_sigterm()
+    # taken here too (the flow's own is re-entrant): a busy workspace is then one line, not a failed flow run
+    with workspace_lock("python -m tasks pipeline", wait_s=args.wait):
+        finetune_pipeline(args.params, args.force, args.until, push=not args.no_push)
     return 0

@@ -23,6 +23,8 @@ from pathlib import Path
 from tasks import tracking
 from tasks.common.adapter_folder import BASE_FILE
 from tasks.common.jsonl import write_json
+from tasks.common.processes import exit_on_sigterm
+from tasks.common.workspace_lock import workspace_lock
 from tasks.config import Config, ParamsView, apply_runtime_env, load_config
 from tasks.evaluate.figures import HEADLINE as EVAL_HEADLINE
 from tasks.paths import Paths
@@ -163,7 +165,7 @@ BY_NAME = {s.name: s for s in STAGES}
 
 
 def run_stage(cfg: Config, stage: Stage, parent_id: str) -> dict:
-    with tracking.stage_run(cfg, stage.name, parent_id, stage.params):
+    with workspace_lock(f"stage {stage.name}"), tracking.stage_run(cfg, stage.name, parent_id, stage.params):
         t0 = time.monotonic()
         metrics = stage.run(ParamsView(cfg, stage.params, stage.name))
         metrics["duration_s"] = round(time.monotonic() - t0, 1)
@@ -187,6 +189,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks run", description=main.__doc__)
     parser.add_argument("stage", choices=list(BY_NAME))
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="when another run holds this workspace, wait this long for it (default: refuse at once)")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     apply_runtime_env(cfg)
@@ -194,7 +198,9 @@ def main(argv: list[str]) -> int:
     if int(os.environ.get("RANK", "0")):   # under `accelerate launch`: every rank trains, rank 0 records
         stage.run(ParamsView(cfg, stage.params, stage.name))
         return 0
-    with tracking.pipeline_run(cfg, "dvc", Path(args.params)) as parent:
+    exit_on_sigterm()
+    with workspace_lock(f"python -m tasks run {stage.name}", wait_s=args.wait), \
+            tracking.pipeline_run(cfg, "dvc", Path(args.params)) as parent:
         metrics = run_stage(cfg, stage, parent)
     print(json.dumps(metrics, indent=2, default=str))
     return 0

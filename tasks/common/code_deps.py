@@ -2,8 +2,8 @@
 
 `python -m tasks run STAGE` runs tasks/__main__.py, and from there every `tasks` module it imports, at module level or
 inside a function, followed transitively; in tasks/stages.py, the stage's own adapter (`_clean`) and not the other
-stages'. Code also runs what it names as a string: a module started as `"-m", "tasks.serve.serve_bench"`, or a file
-beside the module that names it (`Path(__file__).with_name("reaper.py")`, `"toxicity_blocklist.txt"`); those count,
+stages'. Code also runs what it names as a string: a module started as `"-m", "tasks.serve.serve_bench"` or loaded by
+name (a forkserver preload), or a file beside the module that names it (`Path(__file__).with_name("reaper.py")`, `"toxicity_blocklist.txt"`); those count,
 and a named .py file is followed in turn. Read from the source as text: nothing is imported, nothing runs.
 """
 from __future__ import annotations
@@ -52,11 +52,11 @@ def _text(node: ast.AST) -> str | None:
 
 
 def _named(node: ast.AST, path: Path) -> set[Path]:
-    """The files a string constant names (a file beside `path`), or a list names (a module after "-m")."""
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return {f for prev, item in zip(node.elts, node.elts[1:])
-                if _text(prev) == "-m" and _text(item) and (f := module_file(_text(item)))}
+    """The file a string constant names: a dotted `tasks` module (run as `"-m", "tasks.serve.serve_bench"`, or loaded
+    as a forkserver preload) or a file beside `path`."""
     text = _text(node)
+    if text and (module := module_file(text)):
+        return {module}
     if not text or not FILE_NAME.fullmatch(text) or text == "__init__.py":   # packages: _packages
         return set()
     beside = path.with_name(text)

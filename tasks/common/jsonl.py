@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tasks.common.processes import process_started
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
@@ -35,14 +39,28 @@ def read_jsonl_range(path: str | Path, start: int, end: int) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_name(path: Path) -> Path:
+    """A temp file beside `path`, unique to this writer (pid and a random part): two writers never share one, and
+    `sweep_temp` can tell a dead writer's leftover from a live writer's file by the pid."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
 @contextmanager
 def atomic_writer(path: str | Path, mode: str = "w"):
+    """`open(path, mode)` whose content appears at `path` only when the block ends without an error; on an error the
+    temp file is removed (a kill -9 leaves it to `sweep_temp` at the next start)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
-        yield f
-    os.replace(tmp, path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
@@ -58,3 +76,17 @@ def write_json(path: str | Path, obj) -> None:
     with atomic_writer(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+_TEMP = re.compile(rf"^\..+\.(\d+)-[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}$")
+
+
+def sweep_temp(root: str | Path) -> list[Path]:
+    """Remove the temp files under `root` whose writer is dead (killed mid-write); returns them."""
+    removed = []
+    for tmp in Path(root).rglob(f".*{TEMP_SUFFIX}"):
+        match = _TEMP.match(tmp.name)
+        if match and process_started(int(match.group(1))) is None:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -4,7 +4,8 @@ One small interface, `map(fn, items, **shared)`, results in order, so the cleani
 on a cluster. `shared` holds the large read-only inputs every task needs (the decontamination index, the config):
 Dask ships them to each worker once (scatter, broadcast); local processes get them with each task, which is cheap
 next to the work. Local workers come from a forkserver, not fork, because the stage runs inside processes that hold
-threads (MLflow, Prefect) and forking those can deadlock.
+threads (MLflow, Prefect) and forking those can deadlock. Workers die with the stage: local ones by the kernel's
+parent-death signal (tasks/common/processes.py), Dask's by its nanny's parent-alive pipe.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
+from tasks.common.processes import die_with_parent
 from tasks.config import ExecutorConfig
 
 
@@ -25,11 +27,18 @@ class _Inline:
 class _Processes:
     def __init__(self, workers: int):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["tasks.data.clean"])
-        self.pool = ProcessPoolExecutor(workers, mp_context=context)
+        context.set_forkserver_preload(["tasks.common.die_with_parent", "tasks.data.clean"])
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_forkserver)
 
     def map(self, fn: Callable, items: Iterable, **shared) -> Iterator:
         return self.pool.map(functools.partial(fn, **shared), items)
+
+
+def _die_with_forkserver() -> None:
+    """A local worker's initializer: it was forked by the forkserver, which imported the preload that names it."""
+    from tasks.common import die_with_parent as preload  # already imported here: no side effect
+
+    die_with_parent(parent=preload.FORKSERVER)
 
 
 class _Dask:
