@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 
+from tasks.common.errors import UserError
 from tasks.config import TELEMETRY_OFF
 
 COMMANDS = {   # name: (module:function, what it does)
@@ -23,16 +24,21 @@ COMMANDS = {   # name: (module:function, what it does)
     "serve": ("tasks.serve.serve_registry:main", "the registry's @champion on 127.0.0.1:8000, following the alias"),
     "dvc-yaml": ("tasks.ops.dvc_yaml:main", "write dvc.yaml from the stage list (--check: compare, write nothing)"),
 }
+OPTIONS = "--debug: a traceback instead of the one-line message for a mistake in params, a source or a busy workspace"
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
     return "usage: python -m tasks COMMAND [ARGS] (COMMAND --help for its own)\n\n" + "\n".join(
-        f"  {name:<{width}}  {said}" for name, (_, said) in COMMANDS.items())
+        f"  {name:<{width}}  {said}" for name, (_, said) in COMMANDS.items()) + f"\n\n{OPTIONS}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs COMMAND. A mistake in what the user gave (tasks/common/errors.py: params, a source, a busy workspace) is
+    one line on stderr and exit 2; `--debug` anywhere in the arguments shows its traceback instead."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     for key, value in TELEMETRY_OFF.items():   # before any command imports mlflow, dvc or transformers
         os.environ.setdefault(key, value)
     if not argv or argv[0] in ("-h", "--help"):
@@ -42,4 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m tasks: no command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, function = COMMANDS[argv[0]][0].split(":")
-    return getattr(importlib.import_module(module), function)(argv[1:]) or 0
+    try:
+        return getattr(importlib.import_module(module), function)(argv[1:]) or 0
+    except UserError as err:
+        if debug:
+            raise
+        print(f"python -m tasks {argv[0]}: {err}", file=sys.stderr)
+        return 2

@@ -1,10 +1,14 @@
-"""params.yaml is the one place where settings live: the config classes validate it and hold no values of their own."""
+"""params.yaml is the one place where settings live: the config classes validate it and hold no values of their own,
+refuse values outside their ranges, and say what is wrong in one line."""
+import subprocess
+import sys
+
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import Config, ParamsView, UndeclaredParam, changed, flat_params, load_config
-from tests.conftest import PARAMS, configured
+from tasks.config import Config, ConfigError, ParamsView, UndeclaredParam, changed, flat_params, load_config
+from tests.conftest import PARAMS, ROOT, configured
 
 
 def sections(model: type[BaseModel], prefix: str = ""):
@@ -38,9 +42,8 @@ def test_a_key_missing_from_params_yaml_fails_naming_it(tmp_path, key):
         node = node[part]
     del node[leaf]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(ConfigError, match=rf"params.yaml: {key}: missing"):
         load_config(tmp_path / "params.yaml")
-    assert err.value.errors()[0]["loc"] == tuple(key.split(".")) and err.value.errors()[0]["type"] == "missing"
 
 
 def test_params_yaml_loads_and_overrides_apply():
@@ -53,8 +56,47 @@ def test_misspelled_key_fails_loudly(tmp_path):
     raw = yaml.safe_load(PARAMS.read_text())
     raw["sft"]["max_step"] = 3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValidationError, match="max_step"):
+    with pytest.raises(ConfigError, match=r"sft.max_step: unknown key \(did you mean sft.max_steps\?\)"):
         load_config(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("override, said", [
+    ("clean.quality.max_chars=-1", "clean.quality.max_chars: Input should be greater than or equal to 1"),
+    ("clean.quality.min_chars=30000", "max_chars (20000) must be above min_chars (30000)"),
+    ("sft.max_steps=-1", "sft.max_steps: Input should be greater than or equal to 1"),
+    ("sft.learning_rate=-0.1", "sft.learning_rate: Input should be greater than 0"),
+    ("sft.per_device_batch_size=0", "sft.per_device_batch_size: Input should be greater than or equal to 1"),
+    ("dpo.beta=-1", "dpo.beta: Input should be greater than 0"),
+    ("vllm.port=70000", "vllm.port: Input should be less than or equal to 65535"),
+    ("clean.pii.phone_regions=[US, XX]", "clean.pii.phone_regions: unknown phone region XX"),
+    ("clean.language.languages=[english]", "clean.language.languages.0: String should match pattern"),
+    ("gates.min_rouge_l=1.5", "gates.min_rouge_l: Input should be less than or equal to 1"),
+])
+def test_a_value_outside_its_range_is_refused_in_one_line_naming_the_key(override, said):
+    with pytest.raises(ConfigError) as err:
+        load_config(PARAMS, [override])
+    assert said in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("runtime:\n  seed: 42\n  offline: [true\n")
+    with pytest.raises(ConfigError, match=r"params.yaml:4:1: not valid YAML: expected ',' or ']'"):
+        load_config(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("params, said", [("missing.yaml", "missing.yaml: cannot read the settings: No such file"),
+                                          ("typo.yaml", "sft.max_step: unknown key (did you mean sft.max_steps?)")])
+def test_the_cli_prints_a_users_mistake_in_one_line_and_exits_2_or_its_traceback_with_debug(tmp_path, params, said):
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["sft"]["max_step"] = raw["sft"].pop("max_steps")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "tasks", "run", "sft", "--params", str(tmp_path / params)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and not done.stdout, done.stderr
+    assert lines[0].startswith(f"python -m tasks run: {tmp_path / params}: ") and said in lines[0]
+    debug = subprocess.run([*command, "--debug"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
 
 
 def test_changed_merges_nested_sections_and_validates_again():

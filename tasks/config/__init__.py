@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from tasks.config.data import (  # noqa: F401 - the sections, importable from here
     CleanConfig,
@@ -28,6 +28,7 @@ from tasks.config.data import (  # noqa: F401 - the sections, importable from he
     QualityConfig,
     ToxicityConfig,
 )
+from tasks.config.errors import ConfigError, validation_error, yaml_error
 from tasks.config.evaluate import (  # noqa: F401
     BenchmarkConfig,
     EvaluateConfig,
@@ -95,14 +96,26 @@ def _set(cfg: dict, dotted: str, value: str) -> None:
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read params.yaml; `overrides` are `section.key=value` strings (torchtune-style) for tests and one-off runs."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    """Read params.yaml; `overrides` are `section.key=value` strings (torchtune-style) for tests and one-off runs.
+    Any mistake is a ConfigError of one line (tasks/config/errors.py)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the settings: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from err
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not of the form section.key=value")
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
         _set(raw, key, value)
-    return Config.model_validate(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected sections (runtime:, ingest:, ...), found a {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise validation_error(path, err, Config) from err
 
 
 def apply_runtime_env(cfg: Config) -> None:

@@ -1,16 +1,17 @@
 """The data sections of params.yaml: ingest and clean (tasks/data/)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from tasks.config.section import Section
+from tasks.config.section import Count, Fraction, Positive, Section
 
 
 class IngestConfig(Section):
     source: str
     max_records: int = Field(ge=0)
+    allow_empty: bool                          # a source with no records is an error unless this is set
 
 
 class FilterSection(Section):
@@ -21,25 +22,34 @@ class FilterSection(Section):
 class QualityConfig(FilterSection):
     """Per-conversation filters (tasks/data/filters/quality.py), Gopher/C4-style; thresholds tuned on chat data, not web
     pages."""
-    min_chars: int                             # whole conversation, after whitespace normalisation
-    max_chars: int
+    min_chars: Count                           # whole conversation, after whitespace normalisation
+    max_chars: Positive
     require_assistant: bool
     trim_leading_replies: bool                 # start a chunk that opens mid-answer at its first user turn (audited)
     # Gopher statistics, per assistant reply with code blocks removed (replies under 50 words are not judged). Gopher's
     # web-page thresholds drop 25% of ShareGPT (lists, tables, songs people asked for); these drop loops and garble.
-    max_symbol_word_ratio: float               # ('#' + '...') per word, headings excluded (Gopher: 0.1)
-    max_duplicate_line_fraction: float         # characters in lines that repeat an earlier line (Gopher: 0.3)
-    max_top_2gram_fraction: float              # characters covered by the most frequent word 2-gram (Gopher: 0.2)
-    max_duplicate_5gram_fraction: float        # characters in repeated word 5-grams (Gopher: 0.15)
-    min_mean_word_length: float                # Gopher: 3; maths, chess notation and number tables sit below 3
-    max_mean_word_length: float
+    max_symbol_word_ratio: Fraction            # ('#' + '...') per word, headings excluded (Gopher: 0.1)
+    max_duplicate_line_fraction: Fraction      # characters in lines that repeat an earlier line (Gopher: 0.3)
+    max_top_2gram_fraction: Fraction           # characters covered by the most frequent word 2-gram (Gopher: 0.2)
+    max_duplicate_5gram_fraction: Fraction     # characters in repeated word 5-grams (Gopher: 0.15)
+    min_mean_word_length: float = Field(ge=0)  # Gopher: 3; maths, chess notation and number tables sit below 3
+    max_mean_word_length: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ranges_not_empty(self) -> QualityConfig:
+        if self.max_chars <= self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) must be above min_chars ({self.min_chars}): no row fits")
+        if self.max_mean_word_length <= self.min_mean_word_length:
+            raise ValueError(f"max_mean_word_length ({self.max_mean_word_length}) must be above min_mean_word_length "
+                             f"({self.min_mean_word_length}): no row fits")
+        return self
 
 
 class LanguageConfig(FilterSection):
     """tasks/data/filters/language.py: py3langid on the replies first; a row in another language, or in none it is
     sure of, is dropped."""
-    languages: list[str] = Field(min_length=1)   # ISO 639-1 codes to keep (to keep every language, do not list it)
-    min_language_score: float                  # probability of the detected language below which a row is dropped
+    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2}$")]] = Field(min_length=1)  # ISO 639-1 codes to keep (to keep every language, do not list it)
+    min_language_score: Fraction               # probability of the detected language below which a row is dropped
 
 
 class NormaliseConfig(Section):
@@ -56,7 +66,7 @@ class NormaliseConfig(Section):
 
 class NearDedupConfig(Section):
     threshold: float = Field(gt=0, le=1)       # Jaccard of normalised shingle sets
-    num_perm: int
+    num_perm: Positive
     shingle_words: int = Field(ge=1)           # word n-grams
     # Character n-grams in CJK text, where each character is a token. Shorter than 5 because a particle is one
     # character that breaks n shingles: of benchmarks/dedup.py's Chinese light-edit pairs (2-4% of characters edited)
@@ -89,6 +99,15 @@ class PiiConfig(Section):
     types: list[PiiType]
     phone_regions: list[str]                   # tried for numbers without a +country prefix
     ner_model: str | None                      # an installed spaCy model for presidio NER (names, places); None: off
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, regions: list[str]) -> list[str]:
+        import phonenumbers
+
+        if unknown := [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]:
+            raise ValueError(f"unknown phone region {', '.join(unknown)}: ISO 3166 codes such as US, GB, CN")
+        return regions
 
 
 class ExecutorConfig(Section):

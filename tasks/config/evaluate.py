@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from tasks.config.section import Section
+from tasks.config.section import Count, Fraction, Positive, Ratio, Section
 
 
 class RagConfig(Section):
@@ -42,11 +42,11 @@ class BenchmarkConfig(Section):
 
 class EvaluateConfig(Section):
     canaries: int = Field(ge=0)                # fake secrets planted at ingest, then looked for in every output (0: off)
-    eval_size: int
-    max_tokens: int
-    concurrency: int
-    load_prompts: int                          # held-out questions, cycled, through vLLM's benchmark client
-    load_output_len: int                       # each asks for its real reply's length, at most this
+    eval_size: Positive
+    max_tokens: Positive
+    concurrency: Positive
+    load_prompts: Count                        # held-out questions, cycled, through vLLM's benchmark client
+    load_output_len: Positive                       # each asks for its real reply's length, at most this
     rag: RagConfig
     judge: JudgeConfig
     benchmark: BenchmarkConfig
@@ -65,23 +65,23 @@ class EvaluateConfig(Section):
 class VsChampionConfig(Section):
     """How much worse than the champion a candidate may be. Both are measured in the same evaluate run, on the same
     held-out rows and the same machine, so latency ratios compare like with like."""
-    max_ppl_ratio: float                       # candidate served ppl <= champion's x this
-    max_rouge_l_drop: float                    # candidate ROUGE-L >= champion's - this
-    max_rag_similarity_drop: float             # RAG answers' semantic similarity to the references, the same way
-    max_ttft_ratio: float                      # medians on a shared CPU move by tens of percent between runs
-    max_tpot_ratio: float
-    max_judge_win_rate_drop: float             # judge win rate vs the champion >= 0.5 - this (a tie is 0.5)
-    max_faithfulness_drop: float               # ragas, LLM-judged, on the RAG answers of both
-    max_relevancy_drop: float
-    max_benchmark_acc_drop: float              # lm-eval acc, both served: 1 of the default 16 questions
+    max_ppl_ratio: Ratio                       # candidate served ppl <= champion's x this
+    max_rouge_l_drop: Fraction                 # candidate ROUGE-L >= champion's - this
+    max_rag_similarity_drop: Fraction          # RAG answers' semantic similarity to the references, the same way
+    max_ttft_ratio: Ratio                      # medians on a shared CPU move by tens of percent between runs
+    max_tpot_ratio: Ratio
+    max_judge_win_rate_drop: Fraction          # judge win rate vs the champion >= 0.5 - this (a tie is 0.5)
+    max_faithfulness_drop: Fraction            # ragas, LLM-judged, on the RAG answers of both
+    max_relevancy_drop: Fraction
+    max_benchmark_acc_drop: Fraction           # lm-eval acc, both served: 1 of the default 16 questions
 
 
 class GatesConfig(Section):
-    max_ppl_ratio_vs_base: float
-    max_quant_ppl_ratio: float                 # quantized / merged, one fp32 forward before and after (quantize stage)
-    max_served_ppl_ratio: float                # vLLM's served ppl / transformers' quantized ppl: the engine serves it
-    min_pref_accuracy: float
-    min_rouge_l: float
-    min_judge_calibration: float               # judge accuracy on planted pairs below this: its win rate does not gate
+    max_ppl_ratio_vs_base: Ratio
+    max_quant_ppl_ratio: Ratio                 # quantized / merged, one fp32 forward before and after (quantize stage)
+    max_served_ppl_ratio: Ratio                # vLLM's served ppl / transformers' quantized ppl: the engine serves it
+    min_pref_accuracy: Fraction
+    min_rouge_l: Fraction
+    min_judge_calibration: Fraction            # judge accuracy on planted pairs below this: its win rate does not gate
     vs_champion: VsChampionConfig
     promote: bool                              # false: `challenger` whatever the gates (CI on a pull request: unmerged code never ships)

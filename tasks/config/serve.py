@@ -5,14 +5,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.section import Section
+from tasks.config.section import Port, Positive, Seconds, Section
 
 Scheme = Literal["W8A8", "W4A16", "W4A16-GPTQ", "none"]
 
 
 class QuantizeConfig(Section):
     scheme: Scheme
-    group_size: int
+    group_size: Positive
     ignore: list[str]
     smoothing: float = Field(ge=0, lt=1)       # SmoothQuant's strength before W8A8; 0 = off
     calibration_samples: int = Field(ge=1)     # GPTQ's and SmoothQuant's, from the SFT training set
@@ -29,13 +29,13 @@ class VllmConfig(Section):
     mode: Literal["merged", "lora"]
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256]  # lora: the largest adapter rank the server accepts
     host: str
-    port: int
-    max_model_len: int
+    port: Port                                 # 0 = a free port
+    max_model_len: Positive
     enforce_eager: bool
     memory_utilization: float = Field(gt=0, le=1)
     dtype: Literal["auto", "bfloat16", "float16", "float32"]  # auto: fp32 on CPUs without native bf16
-    startup_timeout_s: float
-    request_timeout_s: float                   # one request, queueing included (a slow CPU at high concurrency)
+    startup_timeout_s: Seconds
+    request_timeout_s: Seconds                  # one request, queueing included (a slow CPU at high concurrency)
     extra_args: list[str]
     env: dict[str, str]
 
@@ -44,11 +44,11 @@ class ServeConfig(Section):
     """`make serve` (tasks/serve/serve_registry.py): a proxy at host:port in front of vLLM (run with the `vllm`
     settings), following a registry alias, with per-request caps and Prometheus figures logged to MLflow."""
     host: str
-    port: int = Field(ge=0)                    # the proxy's port, stable across swaps (0 = a free port)
-    poll_s: float = Field(gt=0)                # how often the alias is looked up in the registry
-    drain_timeout_s: float = Field(gt=0)       # the old server finishes its requests for at most this long
+    port: Port                                 # the proxy's port, stable across swaps (0 = a free port)
+    poll_s: Seconds                            # how often the alias is looked up in the registry
+    drain_timeout_s: Seconds                   # the old server finishes its requests for at most this long
     max_n: int = Field(ge=1)                   # caps per request, answered 400 above them (413 for the body size)
     max_tokens: int = Field(ge=1)              # also the limit a request that names none gets
     max_request_bytes: int = Field(ge=1024)
-    metrics_interval_s: float = Field(gt=0)  # vLLM's /metrics scraped into MLflow time series this often
+    metrics_interval_s: Seconds              # vLLM's /metrics scraped into MLflow time series this often
     cost_per_hour: float = Field(ge=0)         # what the machine costs, for cost per 1M tokens (0 = not logged)

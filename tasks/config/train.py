@@ -5,12 +5,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.section import Section
+from tasks.config.section import Positive, Ratio, Section
 
 
 class DatasetsConfig(Section):
     test_fraction: float = Field(gt=0, lt=1)
-    max_tokens: int
+    max_tokens: Positive
     sft_train_size: int = Field(ge=0)
     sft_test_size: int = Field(ge=1)
     pref_train_size: int = Field(ge=1)
@@ -28,28 +28,28 @@ class PairsConfig(Section):
 
 class TrainConfig(Section):
     """What every training stage shares; tasks/train/training.py turns it into TRL/HF TrainingArguments."""
-    max_steps: int
-    per_device_batch_size: int
-    grad_accum: int
-    learning_rate: float
-    max_length: int
-    logging_steps: int
+    max_steps: Positive
+    per_device_batch_size: Positive
+    grad_accum: Positive
+    learning_rate: float = Field(gt=0, le=1)
+    max_length: Positive
+    logging_steps: Positive
     save_steps: int = Field(ge=0)              # checkpoint every N steps outside DVC outs; a re-run resumes; 0 = off
     gradient_checkpointing: bool               # recompute activations in backward: less memory, slower steps
     adapter: Literal["lora", "qlora", "full"]  # qlora = 4-bit NF4 base (bitsandbytes), CUDA only
 
 
 class SftConfig(TrainConfig):
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
+    lora_r: Positive
+    lora_alpha: Positive
+    lora_dropout: float = Field(ge=0, lt=1)
     target_modules: str | list[str]
-    eval_steps: int
+    eval_steps: Positive
     packing: bool                              # best-fit packing of conversations into max_length rows, no padding
 
 
 class DpoConfig(TrainConfig):
     """The preference stage. lora/qlora continue the SFT adapter (its r/alpha/targets); full trains every weight."""
     method: Literal["dpo", "orpo", "kto", "simpo"]  # simpo runs through TRL's CPO trainer
-    beta: float                                # dpo/kto: KL strength; orpo: odds-ratio weight; simpo: reward scale
-    simpo_gamma: float                         # simpo only: target reward margin
+    beta: Ratio                                # dpo/kto: KL strength; orpo: odds-ratio weight; simpo: reward scale
+    simpo_gamma: float = Field(ge=0)           # simpo only: target reward margin
