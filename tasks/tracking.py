@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.common.hardware import hardware_tags
 from tasks.common.processes import owner_died, owner_tags
+from tasks.common.redact import redact
 from tasks.config import Config, TrackingConfig, flat_params, flatten
 
 
@@ -105,7 +106,7 @@ def start_pipeline(cfg: Config, launcher: str, params_file: Path = Path("params.
         "pipeline.key": key, "pipeline.launcher": launcher, "git.commit": git_commit(),
         "params.hash": params_hash(params_file), **({"dvc.experiment": experiment} if experiment else {}),
         **hardware_tags(), **owner_tags()})
-    for name, value in flatten(cfg.model_dump()).items():
+    for name, value in redact(flatten(cfg.model_dump())).items():
         client.log_param(run.info.run_id, name, value)
     return run.info.run_id
 
@@ -177,7 +178,7 @@ def stage_run(cfg: Config, stage: str, parent_id: str, params: tuple[str, ...]) 
         hashes = dvc_hashes(stage)
         mlflow.set_tags({"stage": stage, "git.commit": git_commit(), **hashes, **hardware_tags(), **owner_tags()})
         _log_inputs(hashes)
-        mlflow.log_params({f"params.{key}": value for key, value in flat_params(cfg, params).items()})
+        mlflow.log_params({f"params.{key}": value for key, value in redact(flat_params(cfg, params)).items()})
         yield run.info.run_id
 
 
@@ -186,7 +187,7 @@ def log_results(metrics: dict, artifacts: list[Path]) -> None:
     flat = flatten(metrics)
     numeric = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     mlflow.log_metrics(numeric)
-    mlflow.set_tags({f"result.{k}": str(v)[:500] for k, v in flat.items() if k not in numeric})
+    mlflow.set_tags({f"result.{k}": str(v)[:500] for k, v in redact(flat).items() if k not in numeric})
     for path in artifacts:
         if path.is_dir():
             mlflow.log_artifacts(str(path), artifact_path=path.name)

@@ -30,3 +30,27 @@ def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path, monkeyp
                       "older": "RUNNING"}
     assert "died without ending the run" in client.get_run(ids["dead"]).data.tags["killed_reason"]
     assert client.get_run(ids["dead"]).info.end_time is not None
+
+
+def test_credentials_in_params_never_reach_the_mlflow_store_or_the_logs(tmp_path, monkeypatch, capfd):
+    """Planted in the settings that can hold them (an env map, a URL's userinfo, a secret-named query value), the
+    credentials are nowhere in the store's files; the settings around them, and the harmless env tunings, still are."""
+    monkeypatch.chdir(tmp_path)
+    token, password, sig = "hf_PlantedToken9f8e7d6c5b4a", "Hunter2PlantedPw", "PlantedSig00451"
+    cfg = load_config(ROOT / "params.yaml", [
+        f"tracking.tracking_uri=sqlite:///{tmp_path}/store/db.sqlite", f"tracking.artifact_root={tmp_path}/store/art",
+        f"vllm.env={{HF_TOKEN: {token}, VLLM_CPU_KVCACHE_SPACE: '4'}}",
+        f"evaluate.judge.base_url=http://bob:{password}@127.0.0.1:9/v1?sig={sig}"])
+    parent = tracking.start_pipeline(cfg, launcher="flow", params_file=ROOT / "params.yaml")
+    with tracking.stage_run(cfg, "smoke_test", parent, ("vllm", "evaluate.judge")) as run_id:
+        tracking.log_results({"judge_endpoint": cfg.evaluate.judge.base_url, "ok": 1}, [])
+    tracking.end_pipeline(parent)
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    printed = "".join(capfd.readouterr())
+    for secret in (token, password, sig):
+        assert secret.encode() not in stored and secret not in printed
+    params = MlflowClient().get_run(run_id).data.params
+    assert params["params.vllm.env.HF_TOKEN"] == "***"
+    assert params["params.vllm.env.VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert params["params.evaluate.judge.base_url"] == "http://***@127.0.0.1:9/v1?sig=***"
+    assert MlflowClient().get_run(parent).data.params["vllm.env.HF_TOKEN"] == "***"

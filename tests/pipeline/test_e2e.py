@@ -10,6 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tasks.common.redact import redact
 from tasks.config import flat_params, load_config
 from tasks.evaluate.benchmark import LOCAL_TASK
 from tasks.evaluate.figures import JUDGED
@@ -103,7 +104,7 @@ def test_mlflow_has_a_run_tree_and_a_registered_alias(project):
     cfg = load_config(proj / "params.yaml")
     for stage in STAGES:   # each stage records exactly the settings it declares reading, with their values
         assert by_stage[stage.name].data.params == {f"params.{k}": str(v) for k, v in
-                                                    flat_params(cfg, stage.params).items()}, stage.name
+                                                    redact(flat_params(cfg, stage.params)).items()}, stage.name
     assert "params.sft.max_steps" in by_stage["sft"].data.params and "params.runtime.seed" in by_stage["sft"].data.params
     assert by_stage["sft"].data.tags["git.commit"]
     from tasks.common.hardware import hardware_tags
