@@ -31,7 +31,7 @@ class TrainConfig(Section):
     max_steps: Positive
     per_device_batch_size: Positive
     grad_accum: Positive
-    learning_rate: float = Field(gt=0, le=1)
+    learning_rate: float = Field(ge=0, le=1)       # 0: training switched off (a control run)
     max_length: Positive
     logging_steps: Positive
     save_steps: int = Field(ge=0)              # checkpoint every N steps outside DVC outs; a re-run resumes; 0 = off

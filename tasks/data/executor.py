@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ class _Inline:
 class _Processes:
     def __init__(self, workers: int):
         context = multiprocessing.get_context("forkserver")
+        os.environ["TASKS_FORKSERVER_PARENT"] = str(os.getpid())   # read by the preload: tasks/common/die_with_parent
         context.set_forkserver_preload(["tasks.common.die_with_parent", "tasks.data.clean"])
         self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_forkserver)
 

@@ -100,12 +100,14 @@ def test_a_second_clean_is_refused_naming_the_first_or_waits_for_it(workspace):
     assert reconciles(proj) < kept_first      # the second run's output (longer conversations only), whole
 
 
-@pytest.mark.parametrize("params, processes", [("params.yaml", 4),    # the stage, the forkserver and its 2 workers
-                                               ("dask.yaml", 3)])     # the stage and 2 Dask workers
-def test_a_killed_clean_leaves_no_process_and_its_temp_files_go_at_the_next_start(workspace, params, processes):
+@pytest.mark.parametrize("params, started_by, processes", [
+    ("params.yaml", "multiprocessing.forkserver", 3),    # the forkserver and the 2 workers it forked
+    ("dask.yaml", "multiprocessing.spawn", 2)])          # 2 Dask workers
+def test_a_killed_clean_leaves_no_process_and_its_temp_files_go_at_the_next_start(workspace, params, started_by,
+                                                                                   processes):
     proj, _ = workspace
     stage = start_clean(workspace, "--params", params)
-    wait_until(lambda: len(session(stage.pid)) >= processes)
+    wait_until(lambda: commands(session(stage.pid)).count(started_by) >= processes)
     os.kill(stage.pid, signal.SIGKILL)
     stage.wait()
     wait_until(lambda: not session(stage.pid), timeout_s=15, said=lambda: f"left: {commands(session(stage.pid))}")
