@@ -7,11 +7,17 @@ from pydantic import Field, field_validator, model_validator
 
 from tasks.config.section import Count, Fraction, Positive, Section
 
+# The keys that tell a record's shape (tasks/data/ingest_shapes.py): what `ingest.columns` may rename.
+Column = Literal["messages", "conversations", "instruction", "input", "output", "system", "history", "prompt",
+                 "completion", "question", "answer"]
+
 
 class IngestConfig(Section):
     source: str
     max_records: int = Field(ge=0)
     allow_empty: bool                          # a source with no records is an error unless this is set
+    columns: dict[Column, Annotated[str, Field(min_length=1)]]   # canonical key -> the source's own key
+    roles: dict[str, Literal["system", "user", "assistant"]]     # the source's role tags beyond the built-in ones
 
 
 class FilterSection(Section):

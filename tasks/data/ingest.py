@@ -4,14 +4,14 @@ Output rows are `{"id", "source", "messages": [{"role": "system"|"user"|"assista
 With canaries asked for (`evaluate.canaries`, tasks/data/canaries.py), every 37th kept row gets one. Every input
 record ends up in exactly one of the two outputs; the quarantine keeps the raw record and the reason so
 nothing is lost and a fix can be replayed. Sources are read as streams: memory follows the longest record, not the
-file. The readers, and the checks that refuse a source before reading it, are tasks/data/ingest_read.py. A source
+file. The readers, and the checks that refuse a source before reading it, are tasks/data/ingest_read.py; the record
+shapes known (messages, ShareGPT, Alpaca, prompt/completion, question/answer), tasks/data/ingest_shapes.py. A source
 with no records stops the stage unless `ingest.allow_empty` says that is expected: a wrong path or an emptied export
 would otherwise train on nothing.
 """
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -27,63 +27,8 @@ from tasks.data.ingest_read import (  # noqa: F401 - tests and benchmarks import
     raw_records,
     sharegpt_package_file,
 )
+from tasks.data.ingest_shapes import Malformed, Shapes, normalise, record_id  # noqa: F401 - normalise: for them too
 from tasks.paths import Paths
-
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
-         "bing": "assistant", "assistant": "assistant", "model": "assistant", "system": "system"}
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class Malformed(ValueError):
-    """A record that cannot become a conversation; the message is the quarantine reason."""
-
-
-def _text_fault(text: str) -> str | None:
-    """Why a string cannot be kept: a NUL (it truncates C strings downstream), or a lone surrogate (from an escape
-    such as \\ud83d without its pair: it has no UTF-8 encoding, so the row could not even be written)."""
-    if "\x00" in text:
-        return "nul_byte"
-    return "lone_surrogate" if not text.isascii() and _SURROGATE.search(text) else None
-
-
-def record_id(record: object) -> str | None:
-    rid = record.get("id") if isinstance(record, dict) else None
-    return None if rid is None else str(rid)
-
-
-def normalise(record: object) -> tuple[str | None, list[dict]]:
-    """(source id, messages) of one record in `messages` (role/content) or ShareGPT (from/value) form."""
-    if not isinstance(record, dict):
-        raise Malformed("not_an_object")
-    turns, role_key, text_key = record.get("messages"), "role", "content"
-    if turns is None:
-        turns, role_key, text_key = record.get("conversations"), "from", "value"
-    if turns is None:
-        raise Malformed("missing_messages")
-    if not isinstance(turns, list):
-        raise Malformed("messages_not_a_list")
-    if not turns:
-        raise Malformed("empty_conversation")
-    messages = []
-    for turn in turns:
-        if not isinstance(turn, dict):
-            raise Malformed("bad_turn: turn_not_an_object")
-        if text_key not in turn:
-            raise Malformed("bad_turn: missing_content")
-        if not isinstance(turn[text_key], str):
-            raise Malformed("bad_turn: content_not_a_string")
-        role = ROLES.get(str(turn.get(role_key, "")).lower())
-        if role is None:
-            raise Malformed("unknown_role")
-        fault = _text_fault(turn[text_key])
-        if fault:
-            raise Malformed(fault)
-        messages.append({"role": role, "content": turn[text_key]})
-    rid = record_id(record)
-    fault = _text_fault(rid) if rid else None
-    if fault:
-        raise Malformed(fault)
-    return rid, messages
 
 
 def ingest(cfg: IngestConfig, out: Path = Paths.ingested, quarantine: Path = Paths.quarantine,
@@ -95,6 +40,7 @@ def ingest(cfg: IngestConfig, out: Path = Paths.ingested, quarantine: Path = Pat
     to) are \\udcXX escapes and the file itself is valid UTF-8 JSONL."""
     rows_in, kept, dropped, seen_ids, planted = 0, 0, Counter(), set(), []
     records = raw_records(cfg.source)       # a source it refuses is refused before an output is opened
+    shapes = Shapes(cfg.columns, cfg.roles)
     with atomic_writer(out) as good, atomic_writer(quarantine) as bad:
         for index, (line, record, reason) in enumerate(tqdm(records, desc="ingest", unit="rec")):
             if cfg.max_records and index >= cfg.max_records:
@@ -103,7 +49,7 @@ def ingest(cfg: IngestConfig, out: Path = Paths.ingested, quarantine: Path = Pat
             parsed = reason is None
             if parsed:
                 try:
-                    rid, messages = normalise(record)
+                    rid, messages = shapes(record)
                     rid = rid or f"row{index}"
                     if rid in seen_ids:
                         raise Malformed("duplicate_id")

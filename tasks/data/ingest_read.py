@@ -2,7 +2,8 @@
 
 Each reader yields a record, or the raw text of what could not be read with the reason, and never skips text: what
 is not whitespace or an array's commas ends up in one or the other. A source is refused before a byte is read
-when it is not a regular file of its own folder; gzip and zstd are read transparently, told by their first bytes.
+when it is not a regular file of its own folder, or a folder written by datasets' save_to_disk; gzip and zstd are
+read transparently, told by their first bytes.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ _NEXT_OBJECT = re.compile(r"(?:,|(?<=[\]}]))\s*(?=\{)")   # an object after a co
 _UNREADABLE = (EOFError, gzip.BadGzipFile, zlib.error) + ((zstandard.ZstdError,) if zstandard else ())
 _FILE_KINDS = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device",
                stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+SAVED_DATASET = ("state.json", "dataset_dict.json")   # save_to_disk writes one beside a Dataset or DatasetDict
 
 
 class SourceError(UserError, ValueError):
@@ -53,9 +55,9 @@ def sharegpt_package_file() -> Path:
 
 
 def source_file(source: str) -> Path:
-    """The regular file `source` names, resolved. Refused before a byte is read: a symlink out of its own folder (to
-    /etc/passwd, say, which would be copied into the quarantine), and a directory, FIFO or device (read as nothing,
-    or blocking forever)."""
+    """The regular file, or datasets folder, `source` names, resolved. Refused before a byte is read: a symlink out of
+    its own folder (to /etc/passwd, say, which would be copied into the quarantine), and any other directory, a FIFO
+    or device (read as nothing, or blocking forever)."""
     path = sharegpt_package_file() if source == EMBEDDED else Path(source)
     where = f"ingest.source {source!r}" + ("" if str(path) == source else f" ({path})")
     try:
@@ -68,9 +70,12 @@ def source_file(source: str) -> Path:
     if not real.exists():
         raise SourceMissing(f"{where} does not exist")
     mode = real.stat().st_mode
+    if stat.S_ISDIR(mode) and any((real / name).is_file() for name in SAVED_DATASET):
+        return real
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _FILE_KINDS.items() if test(mode)), "not a regular file")
-        raise SourceError(f"{where} is {kind}, not a file of records")
+        folder = " nor a folder written by datasets' save_to_disk" if stat.S_ISDIR(mode) else ""
+        raise SourceError(f"{where} is {kind}, not a file of records{folder}")
     return real
 
 
@@ -294,6 +299,20 @@ def _parquet_records(path: Path) -> Iterator[tuple[object, str | None]]:
                          f"{type(err).__name__}: {err}") from err
 
 
+def _saved_dataset(path: Path):
+    """The `datasets.Dataset` saved in `path`, memory-mapped, not read: of a DatasetDict, its train split. A
+    DatasetDict without one is refused naming its splits (each split's own folder can be the source)."""
+    import datasets
+
+    saved = datasets.load_from_disk(str(path))
+    if isinstance(saved, datasets.DatasetDict):
+        if "train" not in saved:
+            raise SourceError(f"{path} is a DatasetDict without a train split (its splits: {', '.join(saved)}): "
+                             f"name the folder of the split to read ({path}/<split>) as ingest.source")
+        saved = saved["train"]
+    return saved
+
+
 def _to_the_end(records: Iterator, path: Path) -> Iterator:
     """`records`, with a compressed stream that is cut off or corrupt an error naming the file: what follows the
     fault cannot be read, so it cannot be quarantined either (and nothing is written: outputs are atomic)."""
@@ -306,11 +325,13 @@ def _to_the_end(records: Iterator, path: Path) -> Iterator:
 def raw_records(source: str) -> Iterator[tuple[int | None, object, str | None]]:
     """(line, record, None) for each parsed record, or (line, raw text, reason) for what could not be parsed.
 
-    `line` is the 1-based line of a JSONL file; None for a JSON array or Parquet file, where the record index is the
-    location. The format is the suffix of the file read (a symlink's target), less a .gz or .zst after it; anything but
-.json and .parquet is JSONL.
+    `line` is the 1-based line of a JSONL file; None for a JSON array, Parquet file or datasets folder, where the
+    record index is the location. A folder is read row by row; a file's format is the suffix of the file read (a
+    symlink's target), less a .gz or .zst after it; anything but .json and .parquet is JSONL.
     """
     path = source_file(source)
+    if path.is_dir():
+        return ((None, row, None) for row in _saved_dataset(path))
     suffix = Path(path.stem).suffix if path.suffix in SUFFIXES else path.suffix
     if suffix == ".parquet":
         if path.suffix in SUFFIXES:
