@@ -64,7 +64,7 @@ def test_misspelled_key_fails_loudly(tmp_path):
     ("clean.quality.max_chars=-1", "clean.quality.max_chars: Input should be greater than or equal to 1"),
     ("clean.quality.min_chars=30000", "max_chars (20000) must be above min_chars (30000)"),
     ("sft.max_steps=-1", "sft.max_steps: Input should be greater than or equal to 1"),
-    ("sft.learning_rate=-0.1", "sft.learning_rate: Input should be greater than 0"),
+    ("sft.learning_rate=-0.1", "sft.learning_rate: Input should be greater than or equal to 0"),
     ("sft.per_device_batch_size=0", "sft.per_device_batch_size: Input should be greater than or equal to 1"),
     ("dpo.beta=-1", "dpo.beta: Input should be greater than 0"),
     ("vllm.port=70000", "vllm.port: Input should be less than or equal to 65535"),
