@@ -71,6 +71,8 @@ def test_misspelled_key_fails_loudly(tmp_path):
     ("clean.pii.phone_regions=[US, XX]", "clean.pii.phone_regions: unknown phone region XX"),
     ("clean.language.languages=[english]", "clean.language.languages.0: String should match pattern"),
     ("gates.min_rouge_l=1.5", "gates.min_rouge_l: Input should be less than or equal to 1"),
+    ("ingest.columns={query: q}", "ingest.columns.query.[key]: Input should be 'messages', 'conversations'"),
+    ("ingest.roles={bot: robot}", "ingest.roles.bot: Input should be 'system', 'user' or 'assistant' (got 'robot')"),
 ])
 def test_a_value_outside_its_range_is_refused_in_one_line_naming_the_key(override, said):
     with pytest.raises(ConfigError) as err:
