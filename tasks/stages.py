@@ -68,7 +68,8 @@ def _base_model(cfg):
 def _ingest(cfg):
     from tasks.data.canaries import make_canaries
     from tasks.data.ingest import ingest
-    return ingest(cfg.ingest, canaries=make_canaries(cfg.evaluate.canaries, cfg.runtime.seed))
+    return ingest(cfg.ingest, canaries=make_canaries(cfg.evaluate.canaries, cfg.runtime.seed),
+                  offline=cfg.runtime.offline)
 
 
 def _clean(cfg):
@@ -123,7 +124,7 @@ def _register(cfg):
 STAGES = [
     Stage("base_model", _base_model, ("base_model",), (), (Out(Paths.base_model),),
           artifacts=(Paths.base_model / "config.json",), headline=("parameters", "checkpoint_mb", "duration_s")),
-    Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed"), (),
+    Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed", "runtime.offline"), (),
           (Out(Paths.ingested.parent, push=False),),   # the raw corpus, PII and planted canaries included
           artifacts=(Paths.ingest_report,), headline=("rows_in", "rows_kept", "rows_quarantined", "duration_s")),
     Stage("clean", _clean, ("clean", "datasets.test_fraction"), (Paths.ingested,), (Out(Paths.clean_dir),),

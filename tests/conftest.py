@@ -85,6 +85,11 @@ def noisy_adapter(untrained_adapter, tmp_path_factory):
                       "lora_B", lambda t, gen: 0.2 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
 
 
+def reading(path, **changes):
+    """params.yaml's ingest section with `path` its one source, and `changes` to the section."""
+    return configured("ingest", sources=[{"path": str(path)}], **changes)
+
+
 def conversation(user: str, assistant: str, cid: str) -> dict:
     return {"id": cid, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 
