@@ -78,8 +78,8 @@ def _clean(cfg):
 
 
 def _datasets(cfg):
-    from tasks.train.datasets import build_datasets
-    return build_datasets(cfg.datasets, cfg.runtime.seed)
+    from tasks.train.datasets import build_datasets, mix_weights
+    return build_datasets(cfg.datasets, cfg.runtime.seed, weights=mix_weights(cfg.ingest.sources))
 
 
 def _sft(cfg):
@@ -130,7 +130,7 @@ STAGES = [
     Stage("clean", _clean, ("clean", "datasets.test_fraction"), (Paths.ingested,), (Out(Paths.clean_dir),),
           artifacts=(Paths.clean_report, Paths.clean_report_md, Paths.clean_plots), report=Paths.clean_report_md,
           headline=("rows_in", "rows_kept", "rows_dropped", "rows_pii_scrubbed", "duration_s")),
-    Stage("datasets", _datasets, ("datasets", "runtime.seed"), (Paths.clean, Paths.base_model),
+    Stage("datasets", _datasets, ("datasets", "runtime.seed", "ingest.sources"), (Paths.clean, Paths.base_model),
           (Out(Paths.datasets_dir),), artifacts=(Paths.sft_test, Paths.pref_prompts_test),
           headline=("sft_train", "sft_test", "pref_prompts_train", "pref_prompts_test")),
     Stage("sft", _sft, ("sft", "runtime.seed"), (Paths.sft_train, Paths.sft_test, Paths.base_model),
