@@ -98,10 +98,12 @@ def mixed(rows: list[dict], cfg: DatasetsConfig, tokenizer, weights: dict[str, f
     available = Counter(source_of[r["id"]] for r in train)
     size = largest_mix(available, weights)
     if cfg.sft_train_size:
-        name = next(name for name, quota in quotas.items() if available[name] < quota)
+        short = [name for name, quota in quotas.items() if available[name] < quota]
+        name = min(short, key=lambda n: available[n] / quotas[n])
         raise ValueError(f"datasets.sft_train_size={cfg.sft_train_size}: source {name!r} has {available[name]} "
                          f"training conversations that fit datasets.max_tokens={cfg.max_tokens}, short of its share "
-                         f"of {quotas[name]} at weight {weights[name]}; the mix allows at most {size} (0 takes that)")
+                         f"of {quotas[name]} at weight {weights[name]}; the mix allows at most {size} "
+                         f"(sft_train_size 0 takes that many)")
     quotas, taken, kept = shares(size, weights), Counter(), []
     for r in train:
         name = source_of[r["id"]]
