@@ -2,9 +2,9 @@
 
 Each stage's params, data deps, outs and plots are its declaration, with the data its params name (ingest's sources
 in the project, read from params.yaml); its code deps are the files its command runs (tasks/common/code_deps.py);
-its results and headline files (data/stages/, data/metrics/) are the runner's. The file is
-committed, so `dvc repro` and `dvc status` work without this package, and tests/test_stages.py fails when the
-committed file is not what the stage list generates. Writing it also drops dvc.lock's entries for stages that are
+its results and headline files (data/stages/, data/metrics/) are the runner's. The file is committed, so `dvc repro`
+and `dvc status` work without this package, and tests/test_stages.py fails when the committed file is not what the
+stage list generates. Writing it also drops dvc.lock's entries for stages that are
 gone, which DVC itself keeps.
 """
 from __future__ import annotations
