@@ -126,7 +126,7 @@ def sharegpt_sets(tmp_path_factory) -> dict[str, Path]:
     from tasks.data.ingest import EMBEDDED, Malformed, normalise, raw_records
 
     rows = []
-    for _, record, fault in raw_records(EMBEDDED):
+    for _, record, fault in raw_records(EMBEDDED, offline=True):
         try:
             rid, messages = (None, []) if fault else normalise(record)
         except Malformed:
