@@ -105,7 +105,7 @@ def main() -> None:
     from tasks.data.ingest import EMBEDDED, normalise, raw_records
 
     conversations = []
-    for _, record, reason in raw_records(EMBEDDED):
+    for _, record, reason in raw_records(EMBEDDED, offline=True):
         if reason is None:
             try:
                 conversations.append(normalise(record)[1])

@@ -50,6 +50,7 @@ class Stage:
     retries: int = 0                # where a retry helps (a server that failed to start)
     report: Path | None = None      # its human-readable markdown, shown as a Prefect artifact
     headline: tuple[str, ...] = ("duration_s",)   # figures worth comparing across runs (flattened result keys)
+    named_deps: Callable[[Config, Path], list[Path]] | None = None   # data its params name, in the project at root
 
     @property
     def results_file(self) -> Path:
@@ -68,7 +69,16 @@ def _base_model(cfg):
 def _ingest(cfg):
     from tasks.data.canaries import make_canaries
     from tasks.data.ingest import ingest
-    return ingest(cfg.ingest, canaries=make_canaries(cfg.evaluate.canaries, cfg.runtime.seed))
+    return ingest(cfg.ingest, canaries=make_canaries(cfg.evaluate.canaries, cfg.runtime.seed),
+                  offline=cfg.runtime.offline)
+
+
+def _local_sources(cfg: Config, root: Path) -> list[Path]:
+    """Ingest's sources that are files or folders in the project: deps, so that editing data/raw/mine.jsonl
+    re-ingests. The embedded package, a hub dataset and a path outside the project are none. A source added to
+    params.yaml becomes one when `python -m tasks dvc-yaml` writes dvc.yaml again."""
+    paths = [Path(os.path.normpath(root / source.path)) for source in cfg.ingest.sources]
+    return [path.relative_to(root) for path in paths if path.is_relative_to(root) and path.exists()]
 
 
 def _clean(cfg):
@@ -77,8 +87,8 @@ def _clean(cfg):
 
 
 def _datasets(cfg):
-    from tasks.train.datasets import build_datasets
-    return build_datasets(cfg.datasets, cfg.runtime.seed)
+    from tasks.train.datasets import build_datasets, mix_weights
+    return build_datasets(cfg.datasets, cfg.runtime.seed, weights=mix_weights(cfg.ingest.sources))
 
 
 def _sft(cfg):
@@ -123,13 +133,14 @@ def _register(cfg):
 STAGES = [
     Stage("base_model", _base_model, ("base_model",), (), (Out(Paths.base_model),),
           artifacts=(Paths.base_model / "config.json",), headline=("parameters", "checkpoint_mb", "duration_s")),
-    Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed"), (),
+    Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed", "runtime.offline"), (),
           (Out(Paths.ingested.parent, push=False),),   # the raw corpus, PII and planted canaries included
-          artifacts=(Paths.ingest_report,), headline=("rows_in", "rows_kept", "rows_quarantined", "duration_s")),
+          artifacts=(Paths.ingest_report,), headline=("rows_in", "rows_kept", "rows_quarantined", "duration_s"),
+          named_deps=_local_sources),
     Stage("clean", _clean, ("clean", "datasets.test_fraction"), (Paths.ingested,), (Out(Paths.clean_dir),),
           artifacts=(Paths.clean_report, Paths.clean_report_md, Paths.clean_plots), report=Paths.clean_report_md,
           headline=("rows_in", "rows_kept", "rows_dropped", "rows_pii_scrubbed", "duration_s")),
-    Stage("datasets", _datasets, ("datasets", "runtime.seed"), (Paths.clean, Paths.base_model),
+    Stage("datasets", _datasets, ("datasets", "runtime.seed", "ingest.sources"), (Paths.clean, Paths.base_model),
           (Out(Paths.datasets_dir),), artifacts=(Paths.sft_test, Paths.pref_prompts_test),
           headline=("sft_train", "sft_test", "pref_prompts_train", "pref_prompts_test")),
     Stage("sft", _sft, ("sft", "runtime.seed"), (Paths.sft_train, Paths.sft_test, Paths.base_model),

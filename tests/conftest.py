@@ -85,6 +85,11 @@ def noisy_adapter(untrained_adapter, tmp_path_factory):
                       "lora_B", lambda t, gen: 0.2 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
 
 
+def reading(path, **changes):
+    """params.yaml's ingest section with `path` its one source, and `changes` to the section."""
+    return configured("ingest", sources=[{"path": str(path)}], **changes)
+
+
 def conversation(user: str, assistant: str, cid: str) -> dict:
     return {"id": cid, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 
@@ -121,7 +126,7 @@ def sharegpt_sets(tmp_path_factory) -> dict[str, Path]:
     from tasks.data.ingest import EMBEDDED, Malformed, normalise, raw_records
 
     rows = []
-    for _, record, fault in raw_records(EMBEDDED):
+    for _, record, fault in raw_records(EMBEDDED, offline=True):
         try:
             rid, messages = (None, []) if fault else normalise(record)
         except Malformed:

@@ -6,11 +6,12 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from tasks.common import code_deps
-from tasks.config import Config
+from tasks.config import Config, changed, load_config
 from tasks.ops.dvc_yaml import generate
 from tasks.stages import STAGES
 from tests.conftest import ROOT
@@ -23,6 +24,21 @@ def test_the_committed_dvc_yaml_is_what_the_stage_list_generates():
     done = subprocess.run([sys.executable, "-m", "tasks", "dvc-yaml", "--check"], cwd=ROOT, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_ingest_depends_on_its_sources_in_the_project_and_on_no_other(tmp_path):
+    """So that editing data/raw/mine.jsonl re-runs ingest under `dvc repro`; the embedded package, a hub dataset and
+    a file outside the project are not files of the project."""
+    (tmp_path / "data/raw/saved").mkdir(parents=True)
+    for name in ("mine.jsonl", "other.json.gz"):
+        (tmp_path / "data/raw" / name).write_text("")
+    sources = ["data/raw/mine.jsonl", str(tmp_path / "data/raw/other.json.gz"), "data/raw/saved", "sharegpt-package",
+               "tatsu-lab/alpaca", "/etc/hostname", "../outside.jsonl"]
+    cfg = changed(load_config(ROOT / "params.yaml"), ingest={"sources": [{"path": path} for path in sources]})
+    ingest = next(s for s in STAGES if s.name == "ingest")
+    assert ingest.named_deps(cfg, tmp_path) == [Path("data/raw/mine.jsonl"), Path("data/raw/other.json.gz"),
+                                                 Path("data/raw/saved")]
+    assert "data/raw" not in generate()          # the default's one source is the embedded package
 
 
 def _module(path) -> str:

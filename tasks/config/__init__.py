@@ -26,6 +26,7 @@ from tasks.config.data import (  # noqa: F401 - the sections, importable from he
     PiiConfig,
     PiiType,
     QualityConfig,
+    SourceConfig,
     ToxicityConfig,
 )
 from tasks.config.errors import ConfigError, validation_error, yaml_error

@@ -1,23 +1,63 @@
 """The data sections of params.yaml: ingest and clean (tasks/data/)."""
 from __future__ import annotations
 
+import re
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from tasks.config.section import Count, Fraction, Positive, Section
 
-# The keys that tell a record's shape (tasks/data/ingest_shapes.py): what `ingest.columns` may rename.
+# The keys that tell a record's shape (tasks/data/ingest_shapes.py): what a source's `columns` may rename.
 Column = Literal["messages", "conversations", "instruction", "input", "output", "system", "history", "prompt",
                  "completion", "question", "answer"]
 
 
+NAME = r"^[\w.-]+$"   # a source's name: a row id's prefix (`<name>/<id>`) and part of MLflow metric names
+_FORMAT_SUFFIXES = re.compile(r"(\.(jsonl|json|parquet))?(\.(gz|zst))?$")
+
+
+class SourceConfig(Section):
+    """One entry of `ingest.sources`. Only `path` is required: the other keys have their defaults here, the one
+    exception to params.yaml holding every value, because params.yaml cannot hold defaults for the entries a user
+    adds (tests/test_config.py allows exactly these)."""
+    path: str = Field(min_length=1)            # a file or folder, "sharegpt-package", or a hub dataset (owner/name)
+    name: str | None = None                    # None: derived from the path (`label`)
+    columns: dict[Column, Annotated[str, Field(min_length=1)]] = {}   # canonical key -> the source's own key
+    roles: dict[str, Literal["system", "user", "assistant"]] = {}     # the source's role tags beyond the built-in ones
+    weight: float | None = Field(None, gt=0)   # its share of the SFT training set; set on every source or on none
+    max_rows: int = Field(0, ge=0)             # records read from it; 0 = all
+    system_prompt: str | None = None           # for its conversations without one; None: ingest.system_prompt
+    tags: list[str] = []                       # recorded with its counts in the reports
+
+    @property
+    def label(self) -> str:
+        """Its name: `name`, else the path's last part less its format and compression suffixes (data/raw/mine.jsonl.gz:
+        mine; tatsu-lab/alpaca: alpaca; sharegpt-package: itself)."""
+        return self.name or _FORMAT_SUFFIXES.sub("", PurePosixPath(self.path).name)
+
+
 class IngestConfig(Section):
-    source: str
-    max_records: int = Field(ge=0)
+    sources: list[SourceConfig] = Field(min_length=1)
+    max_records: int = Field(ge=0)             # records read from each source, for quick runs; 0 = all
     allow_empty: bool                          # a source with no records is an error unless this is set
-    columns: dict[Column, Annotated[str, Field(min_length=1)]]   # canonical key -> the source's own key
-    roles: dict[str, Literal["system", "user", "assistant"]]     # the source's role tags beyond the built-in ones
+    system_prompt: str                         # for conversations without one ("" = none); a source's own overrides it
+
+    @model_validator(mode="after")
+    def _names_and_weights(self) -> IngestConfig:
+        names = [source.label for source in self.sources]
+        if bad := [name for name in names if not re.fullmatch(NAME, name)]:
+            raise ValueError(f"source name {bad[0]!r} is not letters, digits, '.', '_' or '-': set its name")
+        if repeated := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"more than one source named {', '.join(repeated)}: give each a name of its own "
+                             f"(name: ...)")
+        weighted = [source.label for source in self.sources if source.weight is not None]
+        if 0 < len(weighted) < len(names):
+            unweighted = [name for name in names if name not in weighted]
+            raise ValueError(f"weight is set on {', '.join(weighted)} but not on {', '.join(unweighted)}: set it on "
+                             f"every source, or on none")
+        return self
 
 
 class FilterSection(Section):

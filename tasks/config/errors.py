@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -44,9 +45,18 @@ def _problem(error: dict, root: type[BaseModel]) -> str:
 def _did_you_mean(loc: list[str], root: type[BaseModel]) -> str:
     model = root
     for part in loc[:-1]:
+        if part.isdigit():            # an entry of a list of sections (ingest.sources.0)
+            continue
         field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        model = _section(field.annotation) if field else None
+        if model is None:
             return ""
-        model = field.annotation
     close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
     return f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)" if close else ""
+
+
+def _section(annotation) -> type[BaseModel] | None:
+    """The section a field holds: its own, or its list's entries'."""
+    if get_origin(annotation) is list:
+        annotation = get_args(annotation)[0]
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None

@@ -12,12 +12,14 @@ or Dask: tasks/data/executor.py); the global steps run here, in the driver:
 3. the decontamination index: the held-out rows that survived, and clean.decontamination.eval_sets.
 4. finish (per range): decontaminate training rows, scrub PII, write what is kept.
 Every dropped or modified row goes to the audit file with its stage and reason (tasks/data/audit.py), and the
-report's counts reconcile exactly: rows_in = rows_kept + sum(dropped_by_reason) (tasks/data/clean_report.py).
+report's counts reconcile exactly, in all and for each source the rows name (`by_source`): rows_in = rows_kept +
+sum(dropped_by_reason) (tasks/data/clean_report.py).
 """
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -68,9 +70,9 @@ def decontamination_index(cfg: CleanConfig, held_out: list[str]) -> tuple[Decont
 
 
 def finish(pool, cfg: CleanConfig, src: str, ranges: list, dropped: list[set[str]], held_out_fraction: float,
-           decontaminator: Decontaminator | None, log: Audit, out_file) -> int:
-    """Step 4. Writes the kept rows, in corpus order; returns how many."""
-    items, rows_kept = list(zip(ranges, dropped)), 0
+           decontaminator: Decontaminator | None, log: Audit, out_file) -> Counter:
+    """Step 4. Writes the kept rows, in corpus order; returns how many, by source."""
+    items, rows_kept = list(zip(ranges, dropped)), Counter()
     for part in tqdm(pool.map(clean_passes.finish, items, cfg=cfg, src=src, held_out_fraction=held_out_fraction,
                               decontaminator=decontaminator), total=len(items), desc="clean: decontaminate+pii"):
         for row_id, reason, detail in part["dropped"]:
@@ -79,7 +81,7 @@ def finish(pool, cfg: CleanConfig, src: str, ranges: list, dropped: list[set[str
             log.scrubbed(row_id, pii)
         for row in part["kept"]:
             out_file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        rows_kept += len(part["kept"])
+        rows_kept.update(map(clean_passes.source, part["kept"]))
     return rows_kept
 
 
@@ -92,6 +94,7 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
         log = Audit(audit_file)
         scans, dropped, scores = scan(pool, cfg, src, ranges, active, log, laps)
         rows_in = sum(s["rows"] for s in scans)
+        source_of = {row_id: name for s in scans for row_id, name in s["sources"].items()}
         unique, sig = exact_dedup(scans, cfg.near_dedup.num_perm, log, dropped)
         del scans
         laps("exact_dedup")
@@ -102,9 +105,9 @@ def clean(cfg: CleanConfig, src: Path = Paths.ingested, out: Path = Paths.clean,
         gone = set().union(*dropped)
         decontaminator, eval_examples = decontamination_index(
             cfg, [text for row_id, text in held_out.items() if row_id not in gone])
-        rows_kept = finish(pool, cfg, src, ranges, dropped, held_out_fraction, decontaminator, log, out_file)
+        kept = finish(pool, cfg, src, ranges, dropped, held_out_fraction, decontaminator, log, out_file)
         laps("decontaminate_pii")
-    counts = clean_report.summary(cfg, log, near, rows_in=rows_in, rows_kept=rows_kept, eval_examples=eval_examples,
-                                  chunks=len(ranges), seconds=laps.seconds)
+    counts = clean_report.summary(cfg, log, near, rows_in=rows_in, kept=kept, source_of=source_of,
+                                  eval_examples=eval_examples, chunks=len(ranges), seconds=laps.seconds)
     clean_report.write(counts, cfg, near, active, scores, report, report_md, plots_dir)
     return counts

@@ -21,6 +21,11 @@ from tasks.data.pii import Scrubber
 from tasks.data.split import in_test_split
 
 Range = tuple[int, int]
+UNNAMED = "unnamed"        # the source of a row that names none (a corpus not written by ingest)
+
+
+def source(row: dict) -> str:
+    return row.get("source", UNNAMED)
 
 
 def read(src: str, byte_range: Range, cfg: CleanConfig) -> Iterator[tuple[dict, int]]:
@@ -35,8 +40,8 @@ def read(src: str, byte_range: Range, cfg: CleanConfig) -> Iterator[tuple[dict, 
 
 
 def scan(byte_range: Range, *, cfg: CleanConfig, src: str, filters: list[Filter | CorpusFilter]) -> dict:
-    """The filters in config order (filters/chain.py); for the rows they keep, an exact-dedup fingerprint, a MinHash
-    signature and the length."""
+    """The filters in config order (filters/chain.py); every row's source; for the rows they keep, an exact-dedup
+    fingerprint, a MinHash signature and the length."""
     rows, trimmed = [], []
     for row, n_trimmed in read(src, byte_range, cfg):
         rows.append(row)
@@ -45,7 +50,8 @@ def scan(byte_range: Range, *, cfg: CleanConfig, src: str, filters: list[Filter 
     verdicts = chain.run(filters, [r["id"] for r in rows], [r["messages"] for r in rows])
     kept = [rows[i] for i in verdicts.kept]
     texts = [conversation_text(row["messages"]) for row in kept]
-    return {"rows": len(rows), "trimmed": trimmed, "verdicts": verdicts, "ids": [row["id"] for row in kept],
+    return {"rows": len(rows), "sources": {row["id"]: source(row) for row in rows}, "trimmed": trimmed,
+            "verdicts": verdicts, "ids": [row["id"] for row in kept],
             "fingerprints": [dedup.fingerprint(t) for t in texts], "lengths": [len(t) for t in texts],
             "signatures": chunk_signatures(texts, ShingleHasher.configured(cfg.near_dedup), cfg.near_dedup.num_perm)}
 

@@ -13,19 +13,36 @@ from tasks.data.filters.toxicity import described
 from tasks.data.minhash import NearDupResult
 
 
-def summary(cfg: CleanConfig, log: Audit, near: NearDupResult, *, rows_in: int, rows_kept: int, eval_examples: int,
-            chunks: int, seconds: dict[str, float]) -> dict:
-    """report.json's numbers; raises unless rows_in = rows_kept + sum(dropped_by_reason)."""
-    counts = {"rows_in": rows_in, "rows_kept": rows_kept, "rows_dropped": sum(log.dropped.values()),
+def summary(cfg: CleanConfig, log: Audit, near: NearDupResult, *, rows_in: int, kept: Counter,
+            source_of: dict[str, str], eval_examples: int, chunks: int, seconds: dict[str, float]) -> dict:
+    """report.json's numbers, from the rows kept by source and every row's source; raises unless rows_in = rows_kept
+    + sum(dropped_by_reason), in all and for each source."""
+    counts = {"rows_in": rows_in, "rows_kept": kept.total(), "rows_dropped": sum(log.dropped.values()),
               "dropped_by_reason": dict(log.dropped), "rows_leading_replies_trimmed": log.rows_trimmed,
               "rows_pii_scrubbed": log.rows_scrubbed,
               "pii_by_type": dict(log.pii), "near_dup_candidate_pairs": len(near.candidate_jaccards),
               "near_dup_clusters": len(near.cluster_sizes), "decontamination_eval_examples": eval_examples,
               "toxicity": described(cfg.toxicity) if "toxicity" in cfg.filters else "off",
               "executor": f"{cfg.executor.kind} x{cfg.executor.workers}", "chunks": chunks,
-              "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+              "seconds": {k: round(v, 2) for k, v in seconds.items()},
+              "by_source": by_source(source_of, log.drops, kept)}
     if counts["rows_in"] != counts["rows_kept"] + counts["rows_dropped"]:
         raise AssertionError(f"clean counts do not reconcile: {counts}")
+    return counts
+
+
+def by_source(source_of: dict[str, str], drops: dict[str, str], kept: Counter) -> dict[str, dict]:
+    """Each source's rows_in, rows_kept, rows_dropped and dropped_by_reason, in corpus order, from every row's source
+    (`source_of`), the reason each dropped row was dropped and the rows written; raises unless each reconciles."""
+    rows_in = Counter(source_of.values())
+    reasons = {name: Counter() for name in rows_in}
+    for row_id, reason in drops.items():
+        reasons[source_of[row_id]][reason] += 1
+    counts = {name: {"rows_in": rows_in[name], "rows_kept": kept[name], "rows_dropped": reasons[name].total(),
+                     "dropped_by_reason": dict(reasons[name])} for name in rows_in}
+    for name, part in counts.items():
+        if part["rows_in"] != part["rows_kept"] + part["rows_dropped"]:
+            raise AssertionError(f"clean counts of source {name} do not reconcile: {part}")
     return counts
 
 
@@ -49,6 +66,11 @@ def _markdown(c: dict, filters: list[str]) -> str:
     lines = ["# Cleaning report", "", f"- rows in: **{c['rows_in']}**", f"- rows kept: **{c['rows_kept']}**",
              f"- rows dropped: **{c['rows_dropped']}**", "", "| dropped because | rows |", "|---|---:|"]
     lines += [f"| {reason} | {n} |" for reason, n in sorted(c["dropped_by_reason"].items())]
+    if len(c["by_source"]) > 1:
+        lines += ["", "| source | rows in | kept | dropped | dropped because |", "|---|---:|---:|---:|---|"]
+        lines += [f"| {name} | {s['rows_in']} | {s['rows_kept']} | {s['rows_dropped']} | "
+                  + ", ".join(f"{reason} {n}" for reason, n in sorted(s["dropped_by_reason"].items())) + " |"
+                  for name, s in c["by_source"].items()]
     lines += ["", f"Filters, in order: {', '.join(filters) or 'none'}. Toxicity filter: {c['toxicity']}."]
     lines += ["", f"Leading replies trimmed (chunk opened mid-answer) in {c['rows_leading_replies_trimmed']} rows.",
               "", f"PII scrubbed in {c['rows_pii_scrubbed']} kept conversations:", "", "| type | replaced |",

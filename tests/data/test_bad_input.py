@@ -14,7 +14,7 @@ import pytest
 
 from tasks.common.jsonl import read_jsonl
 from tasks.data.ingest import ingest
-from tests.conftest import configured, conversation
+from tests.conftest import configured, conversation, reading
 
 BIG = 10 * 2**20                     # the "10 MB single line"
 
@@ -106,7 +106,7 @@ def ingested(tmp_path_factory) -> tuple[dict[int, Row], Path, int]:
     d = tmp_path_factory.mktemp("bad")
     rows = write_bad_corpus(d / "raw.jsonl")
     tracemalloc.start()
-    ingest(configured("ingest", source=str(d / "raw.jsonl")), d / "ingested.jsonl", d / "quarantine.jsonl", d / "report.json")
+    ingest(reading(d / "raw.jsonl"), d / "ingested.jsonl", d / "quarantine.jsonl", d / "report.json")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return rows, d, peak
@@ -163,7 +163,7 @@ def test_ingest_streams_its_input(tmp_path, suffix):
         f.write("]\n" if suffix == ".json" else "")
 
     tracemalloc.start()
-    counts = ingest(configured("ingest", source=str(src)), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl", tmp_path / "r.json")
+    counts = ingest(reading(src), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl", tmp_path / "r.json")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
 

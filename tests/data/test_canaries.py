@@ -9,7 +9,7 @@ from tasks.common.jsonl import write_jsonl
 from tasks.data.canaries import EVERY_NTH_ROW, make_canaries, scan
 from tasks.data.ingest import ingest
 from tasks.data.pii import Scrubber, cn_id_ok
-from tests.conftest import configured, conversation
+from tests.conftest import configured, conversation, reading
 
 CANARIES = make_canaries(8, seed=0)
 
@@ -36,7 +36,7 @@ def test_the_scrubber_removes_every_canary_from_its_sentence():
 def test_ingest_plants_them_spread_out_and_counts_still_reconcile(tmp_path):
     rows = [conversation(f"Question number {i}?", f"Answer number {i}.", f"r{i}") for i in range(300)]
     write_jsonl(tmp_path / "raw.jsonl", rows)
-    report = ingest(configured("ingest", source=str(tmp_path / "raw.jsonl")), tmp_path / "out.jsonl", tmp_path / "q.jsonl",
+    report = ingest(reading(tmp_path / "raw.jsonl"), tmp_path / "out.jsonl", tmp_path / "q.jsonl",
                     tmp_path / "report.json", canaries=CANARIES)
     assert report["canaries_planted"] == 8 and report["rows_kept"] == 300
     assert report["canary_rows"] == [f"r{i * EVERY_NTH_ROW}" for i in range(8)]

@@ -4,7 +4,7 @@ import pytest
 
 from tasks.common.jsonl import read_jsonl
 from tasks.data.ingest import ingest
-from tests.conftest import configured
+from tests.conftest import configured, reading
 
 
 def test_malformed_input_is_quarantined_with_reasons_and_counts_reconcile(tmp_path):
@@ -24,7 +24,7 @@ def test_malformed_input_is_quarantined_with_reasons_and_counts_reconcile(tmp_pa
     src.write_bytes(b"\n".join(lines) + b"\n\n")
     out, bad, report = tmp_path / "ok.jsonl", tmp_path / "bad.jsonl", tmp_path / "report.json"
 
-    counts = ingest(configured("ingest", source=str(src)), out, bad, report)
+    counts = ingest(reading(src), out, bad, report)
 
     assert counts["rows_in"] == 12 == counts["rows_kept"] + counts["rows_quarantined"]
     assert counts["rows_in"] == src.read_bytes().count(b"\n")        # what `wc -l` says: the blank line counts
@@ -52,7 +52,7 @@ def test_a_syntax_error_inside_a_json_array_quarantines_that_record_alone(tmp_pa
     src = tmp_path / "raw.json"
     src.write_text("[\n" + ",\n".join(records) + "\n]\n")
 
-    counts = ingest(configured("ingest", source=str(src)), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl", tmp_path / "r.json")
+    counts = ingest(reading(src), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl", tmp_path / "r.json")
 
     assert counts["rows_in"] == 20 and counts["rows_kept"] == 18
     assert counts["quarantined_by_reason"] == {"invalid_json": 2}
@@ -73,5 +73,5 @@ def test_a_truncated_parquet_file_is_an_error_naming_it_and_writes_nothing(tmp_p
     out = tmp_path / "ok.jsonl"
 
     with pytest.raises(ValueError, match=f"{src} is not a readable Parquet file .*truncated or not Parquet"):
-        ingest(configured("ingest", source=str(src)), out, tmp_path / "bad.jsonl", tmp_path / "r.json")
+        ingest(reading(src), out, tmp_path / "bad.jsonl", tmp_path / "r.json")
     assert not out.exists() and not (tmp_path / "r.json").exists()

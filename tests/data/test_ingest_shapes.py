@@ -81,7 +81,7 @@ def run(tmp_path, rows: list[dict], name: str = "raw.jsonl", **changes) -> tuple
 
 def ingest_source(tmp_path, src, **changes) -> tuple[dict, dict, dict]:
     out, bad = tmp_path / f"{src.name}.ok.jsonl", tmp_path / f"{src.name}.bad.jsonl"
-    counts = ingest(configured("ingest", source=str(src), **changes), out, bad, tmp_path / "report.json")
+    counts = ingest(configured("ingest", sources=[{"path": str(src), **changes}]), out, bad, tmp_path / "report.json")
     assert counts["rows_in"] == counts["rows_kept"] + counts["rows_quarantined"]
     return (counts, {row["id"]: row["messages"] for row in read_jsonl(out)},
             {entry["id"]: entry["reason"] for entry in read_jsonl(bad)})

@@ -15,13 +15,13 @@ import zstandard
 from tasks.common.jsonl import read_jsonl
 from tasks.data import ingest_read
 from tasks.data.ingest import ingest
-from tests.conftest import configured, conversation
+from tests.conftest import conversation, reading
 
 RECORDS = [json.dumps(conversation(f"Question {i}?", f"Answer {i}.", f"r{i}")) for i in range(5)]
 
 
 def run(tmp_path, source, **changes) -> dict:
-    return ingest(configured("ingest", source=str(source), **changes), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl",
+    return ingest(reading(source, **changes), tmp_path / "ok.jsonl", tmp_path / "bad.jsonl",
                   tmp_path / "report.json")
 
 
@@ -148,7 +148,7 @@ def test_a_symlink_out_of_the_source_folder_is_refused_and_one_inside_it_is_read
     link = tmp_path / "data" / "raw.jsonl"
     link.symlink_to(secret)
 
-    with pytest.raises(ValueError, match=f"ingest.source '{link}' is a symlink to {secret.resolve()}, outside its own folder"):
+    with pytest.raises(ValueError, match=f"ingest source '{link}' is a symlink to {secret.resolve()}, outside its own folder"):
         run(tmp_path, link)
     assert nothing_written(tmp_path)
 
@@ -161,7 +161,7 @@ def test_a_symlink_out_of_the_source_folder_is_refused_and_one_inside_it_is_read
 @pytest.mark.parametrize("kind", ["a directory", "a character device"])
 def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path, kind):
     src = tmp_path if kind == "a directory" else "/dev/null"
-    with pytest.raises(ValueError, match=f"ingest.source '{src}' is {kind}, not a file of records"):
+    with pytest.raises(ValueError, match=f"ingest source '{src}' is {kind}, not a file of records"):
         run(tmp_path, src)
     assert nothing_written(tmp_path)
 
@@ -173,7 +173,7 @@ def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
     writer = threading.Thread(target=fifo.write_text, args=(RECORDS[0] + "\n",), daemon=True)
     writer.start()
 
-    with pytest.raises(ValueError, match=f"ingest.source '{fifo}' is a FIFO"):
+    with pytest.raises(ValueError, match=f"ingest source '{fifo}' is a FIFO"):
         run(tmp_path, fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)    # lets the writer finish
     writer.join(5)
@@ -185,7 +185,7 @@ def test_a_missing_source_is_one_line_naming_the_setting_and_the_path(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "raw.jsonl").symlink_to("gone.jsonl")      # a dangling link is missing too
     for src in (tmp_path / "nope.jsonl", tmp_path / "data" / "raw.jsonl"):
-        with pytest.raises(FileNotFoundError, match=f"^ingest.source '{src}' does not exist$"):
+        with pytest.raises(FileNotFoundError, match=f"^ingest source '{src}' does not exist$"):
             run(tmp_path, src)
 
 
@@ -198,7 +198,7 @@ def test_a_source_without_records_is_an_error_unless_ingest_allow_empty(tmp_path
     src.write_bytes(content)
     blank_lines = content.count(b"\n") if name == "blank.jsonl" else 0
 
-    with pytest.raises(ValueError, match=f"ingest.source '{src}' holds no records.*set ingest.allow_empty: true"):
+    with pytest.raises(ValueError, match=f"ingest source '{src}' holds no records.*set ingest.allow_empty: true"):
         run(tmp_path, src)
     assert nothing_written(tmp_path)
 
