@@ -8,8 +8,8 @@ for, vllm/v1/attention/backends/cpu_attn.py), random weights from a fixed seed, 
 family's special tokens added, its end-of-turn token as eos and pad, the vocabulary padded to a multiple of 64.
 
 Each family has two templates that render the same text: `template` (the family's style, no generation markers, as
-real checkpoints ship) and `marked` (each reply and its end-of-turn token in `{% generation %}...{% endgeneration %}`,
-what assistant-only loss needs until the mask is derived from the template itself).
+real checkpoints ship: what `build` saves) and `marked` (each reply and its end-of-turn token in
+`{% generation %}...{% endgeneration %}`): the mask SFT derives from the first must be the one the second marks.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ FAMILIES = {f.name: f for f in [
 ]}
 
 
-def tokenizer_for(family: Family, tokenizer_dir: Path, marked: bool = True):
+def tokenizer_for(family: Family, tokenizer_dir: Path, marked: bool = False):
     """SmolLM2's tokenizer from `tokenizer_dir` (a base model folder) dressed as `family`'s."""
     from transformers import AutoTokenizer
 
@@ -155,7 +155,7 @@ def tokenizer_for(family: Family, tokenizer_dir: Path, marked: bool = True):
     return tokenizer
 
 
-def build(family: str, out_dir: Path, tokenizer_dir: Path, marked: bool = True, seed: int = SEED) -> Path:
+def build(family: str, out_dir: Path, tokenizer_dir: Path, marked: bool = False, seed: int = SEED) -> Path:
     """A tiny random `family` model with its tokenizer and template, saved in `out_dir` (bf16, as base_model saves)."""
     import torch
     import transformers

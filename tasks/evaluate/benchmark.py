@@ -59,8 +59,10 @@ def run(model, cfg: BenchmarkConfig, task_dir: Path, model_args: dict | None = N
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     names = cfg.tasks or [LOCAL_TASK]
+    # lm-eval's own task index takes ~10 s to build and the held-out task is not in it: built only for named tasks
+    tasks = TaskManager(include_path=str(task_dir), include_defaults=bool(cfg.tasks))
     results = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=names, limit=cfg.limit or None,
-                                      task_manager=TaskManager(include_path=str(task_dir)), log_samples=False,
+                                      task_manager=tasks, log_samples=False,
                                       bootstrap_iters=0, verbosity="ERROR")["results"]
     return {task: {"acc": round(results[task]["acc,none"], 4),
                    "acc_norm": round(results[task]["acc_norm,none"], 4) if "acc_norm,none" in results[task] else None}

@@ -31,8 +31,17 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) ->
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+def _end_of_turn(tokenizer, text: str, at: int) -> int:
+    """Where the end-of-turn special token that starts at `at` (after spaces) ends; `at` when there is none."""
+    start = len(text) - len(text[at:].lstrip())
+    found = [t for t in tokenizer.all_special_tokens if text.startswith(t, start)]
+    return start + max(map(len, found)) if found else at
+
+
 def _reply_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
-    """Character spans of `text` (the whole conversation rendered) that each assistant reply's turn added."""
+    """Character spans of `text` (the whole conversation rendered) holding each assistant reply and its end-of-turn
+    token: the reply is found after the generation prompt in the conversation rendered up to it. What a template
+    adds to a finished conversation only (Phi-3's final <|endoftext|>) or between turns is not part of it."""
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -40,16 +49,15 @@ def _reply_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, 
         if i == 0:
             raise ChatTemplateError("a conversation opens with an assistant reply: there is no prompt to answer")
         before, upto = _render(tokenizer, messages[:i], True), _render(tokenizer, messages[:i + 1])
-        if not upto.startswith(before) or not text.startswith(upto):
+        reply = message["content"].strip()
+        at = upto.find(reply, len(before)) if upto.startswith(before) else -1
+        end = _end_of_turn(tokenizer, upto, at + len(reply))
+        if at < 0 or upto[len(before):at].strip() or not text.startswith(upto[:end]):
             raise ChatTemplateError(
-                f"this chat template renders reply {len(spans) + 1} differently once later turns follow it (or the generation "
-                f"prompt is not where the reply starts), so the assistant mask cannot be derived from it. {FIX}")
-        start, end = len(before), len(upto)     # less the spaces and newlines the template puts around a reply
-        while end > start and upto[end - 1].isspace():
-            end -= 1
-        while start < end and upto[start].isspace():
-            start += 1
-        spans.append((start, end))
+                f"this chat template does not render reply {len(spans) + 1} right after the generation prompt, or "
+                f"renders it differently once later turns follow it, so the assistant mask cannot be derived from "
+                f"it. {FIX}")
+        spans.append((at, end))
     return spans
 
 

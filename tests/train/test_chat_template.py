@@ -35,7 +35,7 @@ BROKEN = {
     "no end-of-turn token": (PLAIN.replace("<|im_end|>", "\n"), "never learn to stop"),
     "history rewritten": (PLAIN.replace("{{ message['content'] + '<|im_end|>' }}",
                                         "{{ (message['content'] if loop.last else '...') + '<|im_end|>' }}"),
-                          "renders reply 1 differently"),
+                          "does not render reply 1"),
     "no system role": ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
                        "{% endif %}" + PLAIN, "refuses conversation 1: System role not supported"),
 }
@@ -96,6 +96,6 @@ def test_the_base_model_stage_refuses_an_untrainable_template_before_any_data(ba
     from tasks.train.base_model import prepare_base_model
 
     broken = _with_template(base_model_dir, tmp_path / "model", BROKEN["history rewritten"][0])
-    with pytest.raises(ChatTemplateError, match="renders reply 1 differently"):
+    with pytest.raises(ChatTemplateError, match="does not render reply 1"):
         prepare_base_model(configured("base_model", source=str(broken), dtype="float32"), tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import load_model, load_tokenizer
-from tasks.train.chat_template import check_assistant_mask
+from tasks.train.chat_template import masked_rows
 from tests.conftest import ROOT, configured
 from tests.families import FAMILIES, HEAD_DIM, VOCAB_MULTIPLE, build
 
@@ -44,7 +44,7 @@ def test_the_base_model_stage_takes_the_folder(family, models, tmp_path):
     assert config["vocab_size"] % VOCAB_MULTIPLE == 0 and len(tokenizer) <= config["vocab_size"]
     assert tokenizer.eos_token == tokenizer.pad_token == fam.eos and tokenizer.bos_token == fam.bos
     assert config["eos_token_id"] == tokenizer.eos_token_id and HEAD_DIM in CPU_HEAD_SIZES
-    assert tokenizer.chat_template == fam.marked
+    assert tokenizer.chat_template == fam.template
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -66,9 +66,18 @@ def test_plain_and_marked_templates_render_the_same_text(family, models, convers
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_marked_template_trains_exactly_the_replies(family, models, conversations):
-    tokenizer = load_tokenizer(models[family])
-    assert check_assistant_mask(tokenizer, conversations, samples=len(conversations)) == FAMILIES[family].marked
+def test_the_family_template_trains_exactly_the_replies(family, models, conversations):
+    """The mask derived from the family's own template (no markers) is the one the marked template gives, and it is
+    each reply (as the template writes it) and the family's end-of-turn token, nothing else."""
+    fam, tokenizer = FAMILIES[family], load_tokenizer(models[family])
+    derived = masked_rows(tokenizer, conversations, samples=len(conversations))
+    tokenizer.chat_template = fam.marked
+    assert masked_rows(tokenizer, conversations, samples=len(conversations)) == derived
+    for row, messages in zip(derived, conversations):
+        trained = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+        assert trained.count(fam.eos) == sum(m["role"] == "assistant" for m in messages)
+        assert trained.replace(fam.eos, "").replace(" ", "") == "".join(
+            m["content"].replace(" ", "") for m in messages if m["role"] == "assistant")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -93,3 +102,65 @@ def test_vllm_has_each_architecture_natively():
     native = next({k.value for k in node.value.keys} for node in tree.body if isinstance(node, ast.Assign)
                   and getattr(node.targets[0], "id", "") == "_TEXT_GENERATION_MODELS")
     assert {f.architecture for f in FAMILIES.values()} <= native
+
+
+CHAINED = ("qwen2", "gemma2", "phi3")   # ChatML + default system prompt; no system role + soft-capping; fused qkv + eos
+CHAIN = ("base_model", "datasets", "sft", "pairs", "dpo", "quantize", "smoke_test", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def clean_corpus(tmp_path_factory):
+    """The first 800 conversations of the embedded ShareGPT, as the clean stage writes them: what datasets reads."""
+    from tasks.common.jsonl import write_jsonl
+    from tasks.data.ingest import EMBEDDED, Malformed, normalise, raw_records
+
+    rows = []
+    for _, record, fault in raw_records(EMBEDDED, offline=True):
+        try:
+            rid, messages = normalise(record) if not fault else (None, [])
+        except Malformed:
+            continue
+        if messages and messages[0]["role"] == "user":    # clean trims replies a chunk opens with
+            rows.append({"id": rid, "source": EMBEDDED, "messages": messages})
+        if len(rows) == 800:
+            break
+    path = tmp_path_factory.mktemp("clean") / "conversations.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", CHAINED)
+def test_a_family_trains_quantizes_serves_and_evaluates(family, base_model_dir, clean_corpus, tmp_path,
+                                                        monkeypatch):
+    """Each family, with its own template and no generation markers, through the stages from the base model to
+    evaluation in a small project, as the pipeline runs them (its stage adapters, one process): its vLLM server
+    answers through the family's template, and serves the quantized model's perplexity."""
+    import shutil
+
+    import yaml
+
+    from tasks import tracking
+    from tasks.common.vllm_server import kept_servers
+    from tasks.config import ParamsView, apply_runtime_env, load_config
+    from tasks.stages import BY_NAME
+    from tests.small_project import small_project
+
+    params = small_project(tmp_path, folders=("tasks",), files=())   # tasks: the serving env runs its load test
+    params["base_model"]["source"] = str(build(family, tmp_path / "tiny", base_model_dir))
+    params["evaluate"]["judge"].update(size=0, calibration_size=0, ragas_size=0)   # the judge: tests/evaluate
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data/clean").mkdir(parents=True)
+    shutil.copy(clean_corpus, tmp_path / "data/clean/conversations.jsonl")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("params.yaml")
+    apply_runtime_env(cfg)
+    tracking.configure(cfg.tracking)
+    results = {}
+    with kept_servers():
+        for name in CHAIN:
+            results[name] = BY_NAME[name].run(ParamsView(cfg, BY_NAME[name].params, name))
+    assert results["sft"]["steps"] == 2 and results["dpo"]["steps"] == 2
+    assert results["smoke_test"]["smoke_answer"].strip()
+    ppl = results["evaluate"]["ppl"]
+    assert ppl["sft"] < ppl["base"] and abs(ppl["served"] / ppl["dpo"] - 1) < 0.05, ppl
