@@ -176,10 +176,15 @@ def flat_params(cfg: Config, keys: tuple[str, ...]) -> dict[str, object]:
     """The leaves under each dotted key as {`section.key...`: value}: what MLflow records for a stage."""
     out = {}
     for key in keys:
-        value = value_at(cfg, key)
-        found = value.model_dump() if isinstance(value, BaseModel) else value
-        out.update(flatten(found, key))
+        out.update(flatten(_plain(value_at(cfg, key)), key))
     return out
+
+
+def _plain(value):
+    """Sections, and lists of them (`ingest.sources`), as the dicts and lists params.yaml writes, not their repr."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return [_plain(v) for v in value] if isinstance(value, list) else value
 
 
 def flatten(value, prefix: str = "") -> dict[str, object]:
