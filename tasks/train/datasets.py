@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -85,9 +86,7 @@ def mixed(rows: list[dict], cfg: DatasetsConfig, tokenizer, weights: dict[str, f
           ) -> tuple[list[dict], list[dict]]:
     """The splits with the train set at the sources' shares of sft_train_size, or, when that is 0, of the largest
     size every source can fill. A source short of its share of a size asked for is an error naming it."""
-    def source(row: dict) -> str:
-        return row["source"]
-
+    source = itemgetter("source")
     if cfg.sft_train_size:
         quotas = shares(cfg.sft_train_size, weights)
         train, test = select(rows, cfg, tokenizer, quotas, source)

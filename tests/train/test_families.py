@@ -12,7 +12,7 @@ import pytest
 from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import load_model, load_tokenizer
 from tasks.train.chat_template import masked_rows
-from tests.conftest import ROOT, configured
+from tests.conftest import ROOT, configured, embedded_conversations
 from tests.families import FAMILIES, HEAD_DIM, VOCAB_MULTIPLE, build
 
 SYSTEM_FIRST = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -93,9 +93,7 @@ def test_random_weights_answer_with_words(family, models):
 
 def test_vllm_has_each_architecture_natively():
     """Read from the serving env's model registry without importing vLLM (importing it takes ~7 s here)."""
-    python = ROOT / ".venv-serve" / "bin" / "python"
-    if not python.exists():
-        pytest.skip("no serving env (.venv-serve)")
+    python = ROOT / ".venv-serve" / "bin" / "python"   # make setup builds it
     where = "import importlib.util; print(importlib.util.find_spec('vllm').submodule_search_locations[0])"
     root = Path(subprocess.run([str(python), "-c", where], capture_output=True, text=True, check=True).stdout.strip())
     tree = ast.parse((root / "model_executor" / "models" / "registry.py").read_text())
@@ -112,15 +110,11 @@ CHAIN = ("base_model", "datasets", "sft", "pairs", "dpo", "quantize", "smoke_tes
 def clean_corpus(tmp_path_factory):
     """The first 800 conversations of the embedded ShareGPT, as the clean stage writes them: what datasets reads."""
     from tasks.common.jsonl import write_jsonl
-    from tasks.data.ingest import EMBEDDED, Malformed, normalise, raw_records
+    from tasks.data.ingest import EMBEDDED
 
     rows = []
-    for _, record, fault in raw_records(EMBEDDED, offline=True):
-        try:
-            rid, messages = normalise(record) if not fault else (None, [])
-        except Malformed:
-            continue
-        if messages and messages[0]["role"] == "user":    # clean trims replies a chunk opens with
+    for rid, messages in embedded_conversations():
+        if messages[0]["role"] == "user":    # clean trims replies a chunk opens with
             rows.append({"id": rid, "source": EMBEDDED, "messages": messages})
         if len(rows) == 800:
             break
