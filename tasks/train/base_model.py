@@ -4,7 +4,8 @@ The embedded default is SmolLM2-135M-Instruct shipped as a GGUF file inside the 
 pipeline runs with no hub access. A GGUF-loaded model refuses `save_pretrained`, so its weights are copied into a
 plain model built from the same config. Any other `source` is a hub id or local path loaded as is, its own chat
 template with it: the stage checks here, before any data is read, that SFT can tell the replies apart in it
-(tasks/train/chat_template.py), so a model that cannot be trained says so in seconds.
+(tasks/common/chat_template.py) and that vLLM, with the pipeline's serving settings, accepts its architecture and
+context length (tasks/common/vllm_resolve.py), so a model that cannot be trained or served says so in seconds.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from tasks.config import BaseModelConfig
+from tasks.common.chat_template import masked_rows
+from tasks.common.vllm_server import ServerError, resolve_architecture
+from tasks.config import BaseModelConfig, VllmConfig
 from tasks.paths import Paths
-from tasks.train.chat_template import masked_rows
 
 EMBEDDED = "smollm2-gguf"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,7 +60,9 @@ def _load_named(source: str, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(source)
 
 
-def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model) -> dict:
+def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model, vllm: VllmConfig | None = None) -> dict:
+    """The base model in `out_dir`, once its chat template can be trained and, given the serving settings, once vLLM
+    says it can serve it (a refusal removes `out_dir`)."""
     dtype = getattr(torch, cfg.dtype)
     model, tokenizer = _load_embedded(dtype) if cfg.source == EMBEDDED else _load_named(cfg.source, dtype)
     if not tokenizer.chat_template:
@@ -67,5 +71,11 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model) -
     shutil.rmtree(out_dir, ignore_errors=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    if vllm is not None:
+        try:
+            print(f"vLLM serves it as {resolve_architecture(vllm, out_dir)}", flush=True)
+        except ServerError:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     return {"parameters": sum(p.numel() for p in model.parameters()), "checkpoint_mb": round(size / 2**20, 1)}

@@ -1,6 +1,6 @@
 """Stage 5: supervised fine-tuning through TRL's SFTTrainer, loss on assistant tokens only.
 
-The rows reach TRL tokenized, with the mask of the tokens to train (tasks/train/chat_template.py: from the
+The rows reach TRL tokenized, with the mask of the tokens to train (tasks/common/chat_template.py: from the
 template's `{% generation %}` markers, or derived from the template when it has none, as most chat models' do), so
 TRL sets every prompt token to -100 and trains on replies including their end-of-turn token. The mask is checked on
 real rows first: a template that would train on prompts, or on nothing, stops the stage with the fix.
@@ -11,12 +11,12 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from tasks.common.chat_template import masked_rows
 from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import load_tokenizer
 from tasks.config import SftConfig
 from tasks.paths import Paths
 from tasks.train import adapters, checkpoints
-from tasks.train.chat_template import masked_rows
 from tasks.train.training import train, trainer_args
 
 

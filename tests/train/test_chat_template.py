@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
+from tasks.common.chat_template import ChatTemplateError, has_generation_markers, masked_rows
 from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import load_tokenizer
 from tasks.train.base_model import PROBE
-from tasks.train.chat_template import ChatTemplateError, has_generation_markers, masked_rows
 from tests.conftest import configured
 
 MULTI_TURN = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

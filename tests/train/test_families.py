@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.common.chat_template import masked_rows
 from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import load_model, load_tokenizer
-from tasks.train.chat_template import masked_rows
 from tests.conftest import ROOT, configured, embedded_conversations
-from tests.families import FAMILIES, HEAD_DIM, VOCAB_MULTIPLE, build
+from tests.families import FAMILIES, HEAD_DIM, MAX_POSITIONS, VOCAB_MULTIPLE, build
 
 SYSTEM_FIRST = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
@@ -100,6 +100,31 @@ def test_vllm_has_each_architecture_natively():
     native = next({k.value for k in node.value.keys} for node in tree.body if isinstance(node, ast.Assign)
                   and getattr(node.targets[0], "id", "") == "_TEXT_GENERATION_MODELS")
     assert {f.architecture for f in FAMILIES.values()} <= native
+
+
+def test_a_model_vllm_cannot_serve_is_refused_before_training(models, base_model_dir, tmp_path):
+    """GPT-Neo trains in transformers but vLLM has no implementation of it and its transformers code does not take
+    vLLM's attention; a context longer than the model's is refused by `vllm serve` too. The base_model stage asks
+    vLLM first, and leaves no model behind for the next stage."""
+    from transformers import AutoModelForCausalLM, GPTNeoConfig
+
+    from tasks.common.vllm_server import ServerError
+    from tasks.train.base_model import prepare_base_model
+
+    neo = tmp_path / "gpt-neo"
+    tokenizer = load_tokenizer(base_model_dir)
+    AutoModelForCausalLM.from_config(GPTNeoConfig(
+        vocab_size=-(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE, hidden_size=128, num_layers=2, num_heads=2,
+        attention_types=[[["global"], 2]], architectures=["GPTNeoForCausalLM"])).save_pretrained(neo)
+    tokenizer.save_pretrained(neo)
+    out = tmp_path / "base"
+    with pytest.raises(ServerError, match=r"GPTNeoForCausalLM.*not supported(.|\n)*Fix: choose a base model"):
+        prepare_base_model(configured("base_model", source=str(neo)), out, vllm=configured("vllm"))
+    assert not out.exists()
+    too_long = configured("vllm", max_model_len=2 * MAX_POSITIONS)
+    with pytest.raises(ServerError, match=f"max_model_len \\({2 * MAX_POSITIONS}\\) is greater"):
+        prepare_base_model(configured("base_model", source=str(models["qwen2"])), out, vllm=too_long)
+    assert not out.exists()
 
 
 CHAINED = ("qwen2", "gemma2", "phi3")   # ChatML + default system prompt; no system role + soft-capping; fused qkv + eos

@@ -18,6 +18,7 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
+from tasks.common.chat_template import assistant_tokens
 from tasks.config import PerplexityConfig
 from tasks.data.filters.base import CorpusFilter, Drop
 
@@ -35,13 +36,11 @@ def _model(name: str):
 
 
 def _reply_tokens(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], list[int]]:
-    """The conversation's first `max_tokens` tokens in the chat template, and which of them are assistant text
-    (the template's generation markers; every token after the first one when it has none)."""
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids, mask = enc["input_ids"][:max_tokens], enc.get("assistant_masks") or []
-    mask = mask[:max_tokens] if any(mask) else [0] + [1] * (len(ids) - 1)
-    return ids, mask
+    """The conversation's first `max_tokens` tokens in the chat template, and which of them are assistant replies:
+    the tokens SFT trains (tasks/common/chat_template.py), so a fixed system prompt or the template's own markup
+    does not dilute a reply's score."""
+    ids, mask = assistant_tokens(tokenizer, messages)
+    return ids[:max_tokens], mask[:max_tokens]
 
 
 def reply_perplexities(conversations: list[list[dict]], cfg: PerplexityConfig) -> list[float]:
