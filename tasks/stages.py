@@ -131,8 +131,7 @@ def _register(cfg):
 
 
 STAGES = [
-    Stage("base_model", _base_model, ("base_model", "vllm.python", "vllm.dtype", "vllm.max_model_len"), (),
-          (Out(Paths.base_model),),
+    Stage("base_model", _base_model, ("base_model", "vllm"), (), (Out(Paths.base_model),),   # vllm: its check
           artifacts=(Paths.base_model / "config.json",), headline=("parameters", "checkpoint_mb", "duration_s")),
     Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed", "runtime.offline"), (),
           (Out(Paths.ingested.parent, push=False),),   # the raw corpus, PII and planted canaries included
