@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from tasks.common.processes import die_with_parent
 from tests.conftest import ROOT
 from tests.small_project import SMALL, small_project
 
@@ -49,7 +50,7 @@ fault): the stage must fail naming the cause, and the flow's retry complete."""
     params["gates"]["vs_champion"]["max_ppl_ratio"] = 1.0
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     run = subprocess.Popen([sys.executable, "-m", "tasks", "pipeline"], cwd=proj, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+                           stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent)   # and its vLLM (reaper)
     said = []
     for line in run.stdout:   # evaluate took over smoke_test's server: kill it under evaluate, as a crash would
         said.append(line)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tasks import tracking
+from tasks.common.processes import die_with_parent
 from tasks.config import TrackingConfig
 from tests.conftest import ROOT, noisy_copy
 
@@ -46,8 +47,10 @@ def registered(project, model_dir) -> dict:
 
 
 def serve(project, *args) -> subprocess.Popen:
+    """`tasks serve` as a user starts it; it dies with pytest (a CI timeout), and its vLLM servers with it (reaper)."""
     return subprocess.Popen([sys.executable, "-m", "tasks", "serve", *args], cwd=project, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=die_with_parent)
 
 
 def test_nothing_registered_says_what_to_do(project):
