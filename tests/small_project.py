@@ -28,13 +28,14 @@ SMALL = {
 
 
 def small_project(proj: Path, sections=tuple(SMALL), files=("dvc.yaml",), folders=("tasks", "flows")) -> dict:
-    """Copy the code and `files` into `proj` and write params.yaml with SMALL's values for `sections`; returns the
-    params written, for a test to change and write again."""
+    """Copy the code and `files` into `proj` and write params.yaml with SMALL's values for `sections`, and always the
+    serving env `make setup` built (base_model asks it whether vLLM serves the model); returns the params written, for
+    a test to change and write again."""
     for name in folders:
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in files:
         shutil.copy(ROOT / name, proj)
-    cfg = changed(load_config(ROOT / "params.yaml"), **{section: SMALL[section] for section in sections})
+    cfg = changed(load_config(ROOT / "params.yaml"), **{section: SMALL[section] for section in {*sections, "vllm"}})
     params = cfg.model_dump()          # nested sections merged key by key, and validated as the pipeline validates
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     return params
