@@ -63,7 +63,9 @@ class Stage:
 
 def _base_model(cfg):
     from tasks.train.base_model import prepare_base_model
-    return prepare_base_model(cfg.base_model, vllm=cfg.vllm)
+    # what vLLM decides servability on, not the whole section: a vllm.extra_args fix must not re-run training
+    return prepare_base_model(cfg.base_model, serving=dict(
+        python=cfg.vllm.python, dtype=cfg.vllm.dtype, max_model_len=cfg.vllm.max_model_len, env=cfg.vllm.env))
 
 
 def _ingest(cfg):
@@ -131,7 +133,8 @@ def _register(cfg):
 
 
 STAGES = [
-    Stage("base_model", _base_model, ("base_model", "vllm"), (), (Out(Paths.base_model),),   # vllm: its check
+    Stage("base_model", _base_model, ("base_model", "vllm.python", "vllm.dtype", "vllm.max_model_len", "vllm.env"),
+          (), (Out(Paths.base_model),),
           artifacts=(Paths.base_model / "config.json",), headline=("parameters", "checkpoint_mb", "duration_s")),
     Stage("ingest", _ingest, ("ingest", "evaluate.canaries", "runtime.seed", "runtime.offline"), (),
           (Out(Paths.ingested.parent, push=False),),   # the raw corpus, PII and planted canaries included

@@ -21,6 +21,12 @@ def configured(section: str, **changes):
     return changed(value_at(load_config(PARAMS), section), **changes)
 
 
+def serving(**changes) -> dict:
+    """params.yaml's vllm settings that decide whether vLLM serves a model (base_model's check), with `changes`."""
+    vllm = configured("vllm", **changes)
+    return {"python": vllm.python, "dtype": vllm.dtype, "max_model_len": vllm.max_model_len, "env": vllm.env}
+
+
 @pytest.fixture(autouse=True)
 def restore_mlflow_globals():
     """`tracking.configure` points MLflow's process globals (tracking URI, active experiment, MLFLOW_* variables) at
@@ -44,7 +50,7 @@ def base_model_dir(tmp_path_factory) -> Path:
     from tasks.train.base_model import prepare_base_model
 
     out = tmp_path_factory.mktemp("base") / "model"
-    prepare_base_model(configured("base_model"), out, vllm=configured("vllm"))
+    prepare_base_model(configured("base_model"), out, serving=serving())
     return out
 
 

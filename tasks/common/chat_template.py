@@ -11,14 +11,17 @@ the wrong place train prompt tokens or drop the stop token while the loss still 
 """
 from __future__ import annotations
 
+from tasks.common.errors import UserError
+
 FIX = ("Fix: give the base model's tokenizer a chat template that renders earlier turns the same whichever turn is "
        "last and ends each assistant reply with an end-of-turn special token, or one that wraps each assistant reply "
        "*and* its end-of-turn token in `{% generation %}...{% endgeneration %}` and nothing else; save it with the "
        "base model (base_model.source) and re-run.")
 
 
-class ChatTemplateError(ValueError):
-    """The chat template would make assistant-only loss train on the wrong tokens."""
+class ChatTemplateError(ValueError, UserError):
+    """The chat template would make assistant-only loss train on the wrong tokens: the base model's, a user's choice,
+    so the CLI says it in one line."""
 
 
 def has_generation_markers(template: str) -> bool:

