@@ -12,7 +12,7 @@ import yaml
 
 from tasks.common.processes import die_with_parent
 from tests.conftest import ROOT
-from tests.small_project import SMALL, small_project
+from tests.small_project import small_project
 
 
 @pytest.fixture(scope="package")
