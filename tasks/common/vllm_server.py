@@ -89,7 +89,7 @@ def resolve_architecture(model_dir: Path, python: str, dtype: str, max_model_len
         raise ServerError(f"could not ask vLLM ({python}) about {model_dir}:\n{done.stderr[-2000:]}")
     answer = json.loads(lines[-1])
     if "error" in answer:
-        raise NotServable(f"vLLM cannot serve {model_dir} with these settings: {answer['error']} Fix: choose a "
+        raise NotServable(f"vLLM cannot serve this base model with these settings: {answer['error']} Fix: choose a "
                           "base model whose architecture vLLM supports (docs.vllm.ai, Supported Models), or change "
                           "vllm.max_model_len / vllm.dtype in params.yaml.")
     return answer["architecture"]

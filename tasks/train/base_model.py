@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from tasks.common.chat_template import masked_rows
-from tasks.common.vllm_server import NotServable, ServerError, resolve_architecture
+from tasks.common.vllm_server import resolve_architecture
 from tasks.config import BaseModelConfig
 from tasks.paths import Paths
 
@@ -62,20 +63,20 @@ def _load_named(source: str, dtype: torch.dtype):
 
 def prepare_base_model(cfg: BaseModelConfig, out_dir: Path = Paths.base_model, serving: dict | None = None) -> dict:
     """The base model in `out_dir`, once its chat template can be trained and, given `serving` (the vllm settings
-    resolve_architecture takes), once vLLM says it can serve it (a refusal removes `out_dir`)."""
+    resolve_architecture takes), once vLLM says it can serve it (a refusal leaves `out_dir` as it was)."""
     dtype = getattr(torch, cfg.dtype)
     model, tokenizer = _load_embedded(dtype) if cfg.source == EMBEDDED else _load_named(cfg.source, dtype)
     if not tokenizer.chat_template:
         raise ValueError(f"base model {cfg.source!r} has no chat template; the pipeline trains on chat data")
     masked_rows(tokenizer, [PROBE], samples=1)
+    if serving is not None:   # vLLM decides on the config and tokenizer: no weights written for a refused model
+        with tempfile.TemporaryDirectory() as probe:
+            model.config.architectures = [type(model).__name__]   # as save_pretrained writes it
+            model.config.save_pretrained(probe)
+            tokenizer.save_pretrained(probe)
+            print(f"vLLM serves {cfg.source} as {resolve_architecture(Path(probe), **serving)}", flush=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    if serving is not None:
-        try:
-            print(f"vLLM serves it as {resolve_architecture(out_dir, **serving)}", flush=True)
-        except (NotServable, ServerError):
-            shutil.rmtree(out_dir, ignore_errors=True)   # the next stage must not train what cannot be served
-            raise
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     return {"parameters": sum(p.numel() for p in model.parameters()), "checkpoint_mb": round(size / 2**20, 1)}
