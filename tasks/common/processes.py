@@ -21,6 +21,19 @@ def process_started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]   # fields after "(comm)" start at field 3: starttime is field 22
 
 
+def group_processes(pgid: int) -> dict[int, str]:
+    """pid -> name (comm, which vLLM sets to e.g. "VLLM::Worker") of each process in process group `pgid`."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue                                 # it exited meanwhile
+        if int(text.rsplit(")", 1)[1].split()[2]) == pgid:   # field 5, pgrp
+            found[int(stat.parent.name)] = text[text.index("(") + 1:text.rindex(")")]
+    return found
+
+
 def owner_tags() -> dict[str, str]:
     return {"process.pid": str(os.getpid()), "process.host": socket.gethostname(),
             "process.started": process_started(os.getpid()) or ""}

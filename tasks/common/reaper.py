@@ -1,4 +1,5 @@
-"""`python reaper.py PARENT_PID -- COMMAND...`: run COMMAND in this process group; take the group down when PARENT dies.
+"""`python reaper.py PARENT_PID [--cpus 1,3] -- COMMAND...`: run COMMAND in this process group; take the group down
+when PARENT dies. `--cpus`: the group runs on these CPU cores only (tasks/serve/swap.py says why).
 
 VLLMServer starts vLLM in a session of its own, so that one signal stops its API server, engine core and workers
 together. Without this wrapper, a pipeline killed with SIGKILL left all three serving, reparented to PID 1 (measured:
@@ -17,6 +18,8 @@ GRACE_S = 20
 
 def main() -> int:
     parent, command = int(sys.argv[1]), sys.argv[sys.argv.index("--") + 1:]
+    if sys.argv[2] == "--cpus":                      # before COMMAND starts, so its first instruction runs there
+        os.sched_setaffinity(0, {int(cpu) for cpu in sys.argv[3].split(",")})
     signal.signal(signal.SIGTERM, lambda *_: None)   # a stop signals the whole group: wait for COMMAND to exit
     child = subprocess.Popen(command)
     while child.poll() is None:

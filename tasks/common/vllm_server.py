@@ -98,9 +98,11 @@ def resolve_architecture(model_dir: Path, python: str, dtype: str, max_model_len
 class VLLMServer:
     """`with VLLMServer(cfg, model_dir) as server:` -> a healthy server at `server.base_url`, stopped on exit."""
 
-    def __init__(self, cfg: VllmConfig, model_dir: Path, served_name: str = SERVED_NAME):
+    def __init__(self, cfg: VllmConfig, model_dir: Path, served_name: str = SERVED_NAME,
+                 cpus: tuple[int, ...] = ()):
         python = serving_python(cfg.python)
         self.cfg, self.model_dir, self.python, self.served_name = cfg, Path(model_dir), python, served_name
+        self.cpus = cpus                 # the cores every vLLM process starts on; () = wherever this process runs
         self.base: Path | None = None    # an adapter folder is served as its base with the adapter under served_name
         if is_adapter_folder(model_dir):
             try:
@@ -147,7 +149,8 @@ class VLLMServer:
         t0 = time.monotonic()
         with open(self.log_path, "w") as log:
             # its own session, led by the reaper: one killpg stops every vLLM process, and so does our death
-            reaper = [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), "--"]
+            reaper = [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()),
+                      *(["--cpus", ",".join(map(str, self.cpus))] if self.cpus else []), "--"]
             self.proc = subprocess.Popen(reaper + self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
         self.pid_path.write_text(json.dumps({**owner_tags(), "pgid": self.proc.pid,

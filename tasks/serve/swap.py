@@ -13,6 +13,12 @@ in 62 s while the first answered 262 requests meanwhile. Servers start their eng
 (`VLLM_WORKER_MULTIPROC_METHOD` in vllm.env): with vLLM's default `fork`, a second server started beside a loaded
 one stalled before its EngineCore printed a line, in 1 of 4 swap tests last time and 2 of 2 attempts once (a fork
 of a process whose threads hold locks); with spawn the same test passed at once (185 s instead of failing at 792 s).
+
+A server started beside a running one starts with every process on its half (`VLLMServer.cpus`), and its API server
+and engine core go back to every core once the old one is stopped (`spread`). Why: torch's import (MKL's core count in
+`at::init_num_threads`) pins the importing thread to each allowed core in turn; on the core where the old server's
+worker was busy, the new process sat runnable with no CPU for 300 s (2-core EPYC, kernel 6.18: the API server stopped
+after 0.33 s of CPU, or the engine core did, in 2 of 2 tries and in CI). strace showed the pins.
 """
 from __future__ import annotations
 
@@ -23,22 +29,42 @@ from pathlib import Path
 from tasks import tracking
 from tasks.common.adapter_folder import AdapterError, base_of, is_adapter_folder
 from tasks.common.hardware import has_cuda_gpu
+from tasks.common.processes import group_processes
 from tasks.common.vllm_server import ServerError, VLLMServer
 from tasks.config import VllmConfig
 from tasks.paths import Paths
 from tasks.serve.proxy import Backend, Proxy
 
 CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+WORKER = "VLLM::Worker"     # the name vLLM gives its worker processes, whose OpenMP threads it binds itself
+
+
+def slot_cores(vllm: VllmConfig, slot: int) -> tuple[int, ...]:
+    """Half `slot` (0 or 1) of this process's cores; () on a GPU host, on one core, or where vllm.env already
+    chooses the binding."""
+    cores = sorted(os.sched_getaffinity(0))
+    if has_cuda_gpu() or len(cores) < 2 or CPU_BIND in vllm.env:
+        return ()
+    return tuple(cores[:len(cores) // 2] if slot == 0 else cores[len(cores) // 2:])
 
 
 def cpu_slot(vllm: VllmConfig, slot: int) -> VllmConfig:
-    """`vllm` with vLLM's CPU threads on half `slot` (0 or 1) of this process's cores; unchanged on a GPU host, on
-    one core, or where vllm.env already chooses the binding."""
-    cores = sorted(os.sched_getaffinity(0))
-    if has_cuda_gpu() or len(cores) < 2 or CPU_BIND in vllm.env:
-        return vllm
-    half = cores[:len(cores) // 2] if slot == 0 else cores[len(cores) // 2:]
-    return vllm.model_copy(update={"env": {**vllm.env, CPU_BIND: ",".join(map(str, half))}})
+    """`vllm` with vLLM's worker threads on half `slot` of the cores (unchanged where slot_cores is ())."""
+    half = slot_cores(vllm, slot)
+    return vllm.model_copy(update={"env": {**vllm.env, CPU_BIND: ",".join(map(str, half))}}) if half else vllm
+
+
+def spread(server: VLLMServer) -> None:
+    """`server`'s processes, except its workers (vLLM bound them), back on every core this process may use."""
+    cores = os.sched_getaffinity(0)
+    for pid, name in group_processes(server.proc.pid).items():
+        if name.startswith(WORKER):
+            continue
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cores)
+            except OSError:
+                pass                                 # a thread that exited meanwhile
 
 
 def fetched(found: dict) -> Path:
@@ -46,10 +72,10 @@ def fetched(found: dict) -> Path:
     return tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
 
 
-def start_backend(found: dict, served_name: str, vllm: VllmConfig, slot: int = 0) -> Backend:
-    """`found` healthy behind a new vLLM server on a free port."""
-    server = VLLMServer(cpu_slot(vllm, slot).model_copy(update={"port": 0}), fetched(found),
-                        served_name=served_name).start()
+def start_backend(found: dict, served_name: str, vllm: VllmConfig, slot: int = 0, beside: bool = False) -> Backend:
+    """`found` healthy behind a new vLLM server on a free port; `beside` a running one: on its half of the cores."""
+    server = VLLMServer(cpu_slot(vllm, slot).model_copy(update={"port": 0}), fetched(found), served_name=served_name,
+                        cpus=slot_cores(vllm, slot) if beside else ()).start()
     return Backend(url=server.base_url, version=found["version"], server=server, slot=slot)
 
 
@@ -78,7 +104,7 @@ def swap(proxy: Proxy, found: dict, served_name: str, vllm: VllmConfig, drain_ti
     new = load_beside(old, found, served_name) if old else None
     if new is None:
         say(f"starting version {found['version']}" + (f" beside version {old.version}" if old else ""), flush=True)
-        new = start_backend(found, served_name, vllm, slot=1 - old.slot if old else 0)
+        new = start_backend(found, served_name, vllm, slot=1 - old.slot if old else 0, beside=old is not None)
     proxy.switch(new)
     how = "loaded as a LoRA adapter on the running server" if old and new.server is old.server else "healthy"
     say(f"version {found['version']} {how} after {time.monotonic() - t0:.1f} s: new requests go to it", flush=True)
@@ -89,6 +115,8 @@ def swap(proxy: Proxy, found: dict, served_name: str, vllm: VllmConfig, drain_ti
             old.server.unload_adapter(old.renamed.get(served_name, served_name))
         else:
             old.server.stop()
+            if new.server.cpus:
+                spread(new.server)
         done = "unloaded" if new.server is old.server else "stopped"
         say(f"version {old.version} {done} after finishing its {in_flight} request(s) in flight" if drained else
             f"version {old.version} {done} with {old.in_flight} request(s) still running after "
