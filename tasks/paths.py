@@ -32,6 +32,7 @@ class Paths:
     pref_test = pairs_dir / "pref_test.jsonl"
     sft_adapter = data / "models" / "sft_adapter"
     dpo_adapter = data / "models" / "dpo_adapter"
+    reward_model = data / "models" / "reward"
     merged = data / "models" / "merged"
     quantized = data / "models" / "quantized"
     gguf = data / "models" / "gguf"

@@ -25,7 +25,7 @@ from tasks.common.adapter_folder import BASE_FILE
 from tasks.common.jsonl import write_json
 from tasks.common.processes import exit_on_sigterm
 from tasks.common.workspace_lock import workspace_lock
-from tasks.config import Config, ParamsView, apply_runtime_env, load_config
+from tasks.config import ONLINE_METHODS, Config, ParamsView, apply_runtime_env, load_config
 from tasks.evaluate.figures import HEADLINE as EVAL_HEADLINE
 from tasks.paths import Paths
 
@@ -103,6 +103,16 @@ def _pairs(cfg):
     return build_pairs(cfg.pairs, cfg.runtime.seed, cfg.datasets.test_fraction)
 
 
+def _reward(cfg):
+    from tasks.train.reward import train_reward_model
+    return train_reward_model(cfg.reward, cfg.runtime.seed)
+
+
+def _online_reward_model(cfg: Config, root: Path) -> list[Path]:
+    """grpo/rloo score with the reward stage's model: a dep then, and only then (a DPO run does not re-run for it)."""
+    return [Paths.reward_model] if cfg.dpo.method in ONLINE_METHODS else []
+
+
 def _dpo(cfg):
     from tasks.train.dpo import dpo
     return dpo(cfg.dpo, cfg.runtime.seed)
@@ -152,9 +162,15 @@ STAGES = [
     Stage("pairs", _pairs, ("pairs", "runtime.seed", "datasets.test_fraction"),
           (Paths.pref_prompts_train, Paths.pref_prompts_test, Paths.base_model, Paths.sft_adapter),
           (Out(Paths.pairs_dir),), artifacts=(Paths.pref_test,), headline=("pref_train", "duration_s")),
+    Stage("reward", _reward, ("reward", "runtime.seed"),
+          (Paths.pref_train, Paths.pref_test, Paths.sft_adapter, Paths.base_model), (Out(Paths.reward_model),),
+          artifacts=tuple(Paths.reward_model / name for name in ("margins.png", "loss_curve.png",
+                                                                  "held_out_scores.json")),
+          headline=("held_out_accuracy", "held_out_margin_mean", "reward_length_correlation", "duration_s")),
     Stage("dpo", _dpo, ("dpo", "runtime.seed"), (Paths.pref_train, Paths.sft_adapter, Paths.base_model),
           (Out(Paths.dpo_adapter),), artifacts=(Paths.dpo_adapter,),
-          headline=("train_loss", "last_reward_accuracy", "tokens_per_s", "duration_s")),
+          headline=("train_loss", "last_reward_accuracy", "last_reward", "last_kl", "tokens_per_s", "duration_s"),
+          named_deps=_online_reward_model),
     Stage("quantize", _quantize, ("quantize", "vllm.mode"),
           (Paths.base_model, Paths.dpo_adapter, Paths.sft_train, Paths.sft_test),
           (Out(Paths.merged), Out(Paths.quantized), Out(Paths.gguf)),
@@ -163,14 +179,16 @@ STAGES = [
     Stage("smoke_test", _smoke_test, ("vllm",), (Paths.quantized,), (Out(Paths.smoke_test, cache=False),),
           artifacts=(Paths.smoke_test,), retries=1, headline=("startup_s", "smoke_latency_s")),
     Stage("evaluate", _evaluate, ("evaluate", "vllm", "tracking.registered_model", "runtime.seed"),
-          (Paths.base_model, Paths.sft_adapter, Paths.dpo_adapter, Paths.quantized, Paths.sft_test, Paths.pref_test),
+          (Paths.base_model, Paths.sft_adapter, Paths.dpo_adapter, Paths.quantized, Paths.sft_test, Paths.pref_test,
+           Paths.reward_model),
           (Out(Paths.eval_dir / "answers.jsonl"), Out(Paths.eval_dir / "load_test.json"),
            Out(Paths.eval_dir / "benchmark"), Out(Paths.metrics, cache=False)),
           plots=(Paths.eval_dir / "perplexity.png",), artifacts=(Paths.eval_dir,), retries=1,
           headline=(*EVAL_HEADLINE, "duration_s")),
     Stage("register", _register, ("gates", "tracking.registered_model", "evaluate.canaries", "runtime.seed"),
-          (Paths.metrics, Paths.stage_results / "quantize.json", Paths.smoke_test, Paths.quantized,
-           Paths.clean_report),
+          (Paths.metrics, Paths.stage_results / "quantize.json", Paths.stage_results / "reward.json",
+           Paths.stage_results / "dpo.json", Paths.smoke_test,
+           Paths.quantized, Paths.clean_report),
           (Out(Paths.registry_report.parent, cache=False),),
           artifacts=(Paths.registry_report, Paths.run_report, Paths.vs_champion_plot), report=Paths.run_report,
           headline=("promoted", "version", "gates_failed", "gates_skipped")),

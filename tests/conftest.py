@@ -66,6 +66,31 @@ def untrained_adapter(base_model_dir, tmp_path_factory):
     return adapter
 
 
+HELD_OUT_FACTS = [("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
+                  ("How many days are in a week?", "A week has seven days."),
+                  ("What do cows drink?", "Cows drink water."),
+                  ("What is the largest ocean?", "The Pacific is the largest ocean.")]
+NON_ANSWER = "I do not know, sorry, maybe bananas."   # tiny_sets' rejected reply
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(base_model_dir, untrained_adapter, tiny_sets, tmp_path_factory):
+    """The reward stage on tiny_sets' pairs (facts over a stock non-answer), held out on four other facts:
+    (its metrics, its folder). 4 steps at 1e-3, ~10 s."""
+    from tasks.common.jsonl import write_jsonl
+    from tasks.train.reward import train_reward_model
+
+    tmp = tmp_path_factory.mktemp("reward")
+    write_jsonl(tmp / "held_out.jsonl", [
+        {"id": f"h{i}", "prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
+         "rejected": [{"role": "assistant", "content": NON_ANSWER}]} for i, (q, a) in enumerate(HELD_OUT_FACTS)])
+    cfg = configured("reward", max_steps=4, per_device_batch_size=2, max_length=128, logging_steps=1,
+                     learning_rate=1e-3)
+    metrics = train_reward_model(cfg, 0, base_model_dir, untrained_adapter, tiny_sets["pref"], tmp / "held_out.jsonl",
+                                 tmp / "out", checkpoint_root=tmp / "ckpt")
+    return metrics, tmp / "out"
+
+
 def noisy_copy(src: Path, dest: Path, weights: str, picked: str, noise) -> Path:
     """A copy of the model or adapter folder `src` whose tensors with `picked` in their name become
     `noise(tensor, generator)` (seeded): it loads like the original and answers otherwise."""

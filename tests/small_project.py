@@ -17,6 +17,7 @@ SMALL = {
     # 2 steps at 3e-3: held-out ppl 2.6% below the base's (1e-3: 1.4%, 2e-4: 0.3%), a champion a retrain can lose to
     "sft": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "eval_steps": 2, "logging_steps": 1,
             "learning_rate": 3e-3},
+    "reward": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "logging_steps": 1},
     "dpo": {"max_steps": 2, "per_device_batch_size": 2, "max_length": 160, "logging_steps": 1},
     "quantize": {"compare": [], "gguf": ""},   # the variants: tests/serve/test_serving.py; here the served one only
     "vllm": {"python": str(ROOT / ".venv-serve" / "bin" / "python")},

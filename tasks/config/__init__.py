@@ -40,7 +40,16 @@ from tasks.config.evaluate import (  # noqa: F401
 )
 from tasks.config.section import S, Section
 from tasks.config.serve import QuantizeConfig, Scheme, ServeConfig, VllmConfig  # noqa: F401
-from tasks.config.train import DatasetsConfig, DpoConfig, PairsConfig, SftConfig, TrainConfig  # noqa: F401
+from tasks.config.train import (  # noqa: F401
+    ONLINE_METHODS,
+    DatasetsConfig,
+    DpoConfig,
+    PairsConfig,
+    RewardConfig,
+    RuleRewards,
+    SftConfig,
+    TrainConfig,
+)
 
 
 class RuntimeConfig(Section):
@@ -69,6 +78,7 @@ class Config(Section):
     datasets: DatasetsConfig
     sft: SftConfig
     pairs: PairsConfig
+    reward: RewardConfig
     dpo: DpoConfig
     quantize: QuantizeConfig
     vllm: VllmConfig

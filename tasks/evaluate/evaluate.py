@@ -47,6 +47,7 @@ from tasks.evaluate import benchmark
 from tasks.evaluate.figures import Evaluation
 from tasks.evaluate.judge import Judge, calibrate, judge_all, planted_pairs, win_rate
 from tasks.evaluate.rag import RagSet, held_out_set, judge_llm, judged_scores, rag_eval, user_set
+from tasks.evaluate.reward_judge import reward_judge
 from tasks.paths import Paths
 
 
@@ -215,10 +216,11 @@ def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: 
 
 def judged(cfg: EvaluateConfig, vllm_cfg: VllmConfig, base: Path, test_set: list[dict], rag_set: RagSet,
            tables: dict[str, list[dict]], champion: dict | None, champion_rag: list[dict], seed: int,
-           times: dict[str, float]) -> dict:
+           times: dict[str, float], reward_model: Path = Paths.reward_model) -> dict:
     """The parts that need the judge, after the candidate's and champion's servers are down: pairwise win rate of the
     candidate against the champion (the base model before there is one), the judge's calibration, and ragas'
-    LLM-judged metrics on both models' RAG answers. Adds the judge's tables to `tables`."""
+    LLM-judged metrics on both models' RAG answers; the reward model as a second judge of the same answers
+    (tasks/evaluate/reward_judge.py). Adds the judges' tables to `tables`."""
     jc = cfg.judge
     judge_dir = Path(jc.model_dir) if jc.model_dir else base
     questions = [split_last_reply(c["messages"])[0][-1]["content"] for c in test_set[:jc.size]]
@@ -254,7 +256,12 @@ def judged(cfg: EvaluateConfig, vllm_cfg: VllmConfig, base: Path, test_set: list
     tables["judge"] = [{"id": r["id"], "question": q, "candidate": r["answer"], "opponent": t, **v}
                        for q, r, t, v in zip(questions, rows, theirs, verdicts)]
     chars = {"candidate": [len(r["answer"]) for r in rows], "opponent": [len(t) for t in theirs]}
-    return {"judge": {"judge": jc.model or f"{judge_dir} (served here)", "opponent": opponent,
+    with timed(times, "reward judge"):
+        prompts = [split_last_reply(c["messages"])[0] for c in test_set[:jc.size]]
+        rewarded, reward_tables = reward_judge(reward_model, prompts, [r["answer"] for r in rows], theirs, opponent,
+                                               planted_pairs(test_set, jc.calibration_size, seed), jc.max_model_len)
+    tables |= reward_tables
+    return {"reward_judge": rewarded, "judge": {"judge": jc.model or f"{judge_dir} (served here)", "opponent": opponent,
                       **win_rate([v["outcome"] for v in verdicts]), "calibration": calibration,
                       "mean_answer_chars": {k: round(sum(v) / len(v), 1) if v else None for k, v in chars.items()}},
             "ragas": ragas}
@@ -280,12 +287,12 @@ def evaluate(cfg: EvaluateConfig, vllm_cfg: VllmConfig, model_name: str, canarie
                                             tables["answers"], times) or (None, [])
     if cfg.judge.size or cfg.judge.calibration_size or cfg.judge.ragas_size:
         found = judged(cfg, vllm_cfg, base, test_set, rag_set, tables, champion, champion_rag, seed, times)
-        metrics["judge"] = found["judge"]
+        metrics["judge"], metrics["reward_judge"] = found["judge"], found["reward_judge"]
         metrics["rag"] |= found["ragas"].get("candidate", {})
         if champion:
             champion["rag"] |= found["ragas"].get("champion", {})
     metrics |= {"time_s": times, "canaries": metrics.get("canaries"), "champion": champion,
-                "judge": metrics.get("judge")}
+                "judge": metrics.get("judge"), "reward_judge": metrics.get("reward_judge")}
     results = Evaluation.model_validate(metrics).check_measured(cfg, len(canaries)).model_dump()
     write_jsonl(out_dir / "answers.jsonl", tables["answers"])
     for name, rows in tables.items():

@@ -140,12 +140,14 @@ class Evaluation(_Figures):
     canaries: Canaries | None                            # None: evaluate.canaries is 0
     champion: Champion | None                            # None: no champion yet
     judge: Judge | None                                  # None: the judge's sizes are all 0
+    reward_judge: Judge | None = None                    # the reward model as a judge: with judge.size or calibration
     time_s: dict[str, float]
 
     def check_measured(self, cfg: EvaluateConfig, canaries_planted: int) -> Evaluation:
         """Each optional section present exactly when this run's params asked for it."""
         asked = {"canaries": canaries_planted > 0,
                  "judge": bool(cfg.judge.size or cfg.judge.calibration_size or cfg.judge.ragas_size),
+                 "reward_judge": bool(cfg.judge.size or cfg.judge.calibration_size),
                  "rag.judged_questions": cfg.judge.ragas_size > 0}
         for key, wanted in asked.items():
             if (lookup(self, key) not in (None, ABSENT)) != wanted:
@@ -195,6 +197,7 @@ FIGURES = (
     Figure("ppl.served", "served ppl", "lower", "max_ppl_ratio", "eval.ppl_served"),
     Figure("pref_accuracy", "preference accuracy", "higher"),
     Figure("judge.win_rate", "judge win rate", "higher", tag="eval.judge_win_rate"),   # gated on its calibration
+    Figure("reward_judge.win_rate", "reward judge win rate", "higher", tag="eval.reward_judge_win_rate"),
     Figure("rouge_l", "ROUGE-L", "higher", "max_rouge_l_drop", "eval.rouge_l"),
     Figure("rag.semantic_similarity", "RAG answer similarity", "higher", "max_rag_similarity_drop",
            "eval.rag_similarity"),

@@ -73,18 +73,19 @@ def compare_with_champion(cfg: GatesConfig, ev: Evaluation) -> list[dict]:
             rows.append(_gate(name, ours / theirs, "<=", limit) | row)
         else:
             rows.append(_gate(name, ours - theirs, ">=", -limit) | row)
-    return rows + _judge_gate(cfg, ev.judge)
+    return rows + _judge_gate(cfg, ev.judge) + _judge_gate(cfg, ev.reward_judge, "reward judge")
 
 
-def _judge_gate(cfg: GatesConfig, judge: Judge | None) -> list[dict]:
+def _judge_gate(cfg: GatesConfig, judge: Judge | None, label: str = "judge") -> list[dict]:
+    """A judge's win rate against 0.5, when its calibration passes (the LLM judge, the reward model: same limits)."""
     if judge is None or not judge.opponent.startswith("champion"):
         return []
-    name, row = "judge win rate vs champion", {"figure": "judge win rate", "candidate": judge.win_rate,
-                                               "champion": 0.5}
+    name, row = f"{label} win rate vs champion", {"figure": f"{label} win rate", "candidate": judge.win_rate,
+                                                  "champion": 0.5}
     accuracy = judge.calibration.accuracy
     if accuracy is None or accuracy < cfg.min_judge_calibration:
-        return [_skipped(name, f"judge calibration accuracy {accuracy} < gates.min_judge_calibration "
-                               f"{cfg.min_judge_calibration}: this judge cannot tell planted better replies") | row]
+        return [_skipped(name, f"{label} calibration accuracy {accuracy} < gates.min_judge_calibration "
+                               f"{cfg.min_judge_calibration}: it cannot tell planted better replies") | row]
     if judge.win_rate is None:
         return [_skipped(name, "no verdict parsed") | row]
     return [_gate(name, judge.win_rate, ">=", 0.5 - cfg.vs_champion.max_judge_win_rate_drop) | row]
@@ -95,6 +96,17 @@ def eval_summary(ev: Evaluation) -> dict[str, str]:
     a version was."""
     found = {f.tag: lookup(ev, f.key) for f in FIGURES if f.tag}
     return {tag: str(value) for tag, value in found.items() if value is not ABSENT and value is not None}
+
+
+def training_tags(stage_results: Path = Paths.stage_results) -> dict[str, str]:
+    """What made the model, on its registry version: the preference method (`align_method`: dpo, orpo, kto, simpo,
+    grpo, rloo) and the reward model's held-out pairwise accuracy."""
+    tags = {}
+    for stage, key, tag in (("dpo", "method", "align_method"), ("reward", "held_out_accuracy", "reward_model_accuracy")):
+        path = stage_results / f"{stage}.json"
+        if path.exists() and json.loads(path.read_text()).get(key) is not None:
+            tags[tag] = str(json.loads(path.read_text())[key])
+    return tags
 
 
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,
@@ -132,7 +144,7 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
               "champion_before": current["version"] if current else None}
     if tracking.active():
         tags = {"gates": "failed" if failed else "passed", "failed_gates": ", ".join(failed)[:500],
-                **eval_summary(ev)}
+                **eval_summary(ev), **training_tags()}
         tags |= {"compared_with_champion": str(current["version"])} if current else {}
         if alias == "champion":   # the audit trail `promote`/`rollback` continue; previous_champion: the rollback
             tags |= audit_tags("register", "all gates passed", current and current["version"])

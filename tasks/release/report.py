@@ -13,8 +13,7 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
     timed = [(name, Paths.stage_results / f"{name}.json") for name in stage_order if name != "register"]
     stage_times = {name: json.loads(path.read_text()).get("duration_s") for name, path in timed if path.exists()}
     clean = json.loads(Paths.clean_report.read_text()) if Paths.clean_report.exists() else {}
-    pairs_file = Paths.stage_results / "pairs.json"
-    pairs = json.loads(pairs_file.read_text()) if pairs_file.exists() else {}
+    pairs, reward = (_results(name) for name in ("pairs", "reward"))
     lines = [f"# Run report: **{result['alias']}**", "", f"Verdict: {result['why']}.", ""]
     if "version" in result:
         lines += [f"Registered as `{result['uri']}` (version {result['version']}).", ""]
@@ -33,7 +32,7 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
     likelihood = metrics.get("pref_likelihood_accuracy", {})
     lines += ["", f"Preference accuracy (held-out pairs, DPO implicit reward): {metrics['pref_accuracy']}; chosen "
               f"preferred by likelihood: SFT {likelihood.get('sft')} (the baseline) -> DPO {likelihood.get('dpo')}. "
-              f"ROUGE-L of served answers: {metrics['rouge_l']}.", "",
+              f"ROUGE-L of served answers: {metrics['rouge_l']}.", ""] + _reward(reward) + [
               f"Serving (vLLM, concurrency {serving['concurrency']}): TTFT median {serving['ttft_median_ms']} ms, "
               f"TPOT median {serving['tpot_median_ms']} ms, {serving['output_tok_s']} output tok/s, "
               f"{serving['requests_failed']} failed requests{_prometheus(serving.get('vllm_metrics', {}))}. "
@@ -42,6 +41,9 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
         lines += ["## RAG on the served model", ""] + _rag(metrics["rag"]) + [""]
     if metrics.get("judge"):
         lines += ["## LLM judge", ""] + _judge(metrics["judge"]) + [""]
+    if metrics.get("reward_judge"):
+        lines += ["## Two judges, side by side", ""] + _judges(metrics["judge"], metrics["reward_judge"],
+                                                                result["gates"]) + [""]
     if metrics.get("benchmark"):
         lines += ["## Benchmark", ""] + _benchmark(metrics["benchmark"]) + [""]
     if clean:
@@ -61,6 +63,21 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
         lines += [f"| {k} | {v} |" for k, v in stage_times.items()]
         lines += [f"| **total** | {round(sum(v for v in stage_times.values() if v), 1)} |"]
     return "\n".join(lines) + "\n"
+
+
+def _results(stage: str) -> dict:
+    path = Paths.stage_results / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _reward(reward: dict) -> list[str]:
+    """The reward model on the same held-out pairs, and how much of its score is reply length."""
+    if not reward:
+        return []
+    return [f"Reward model (tasks/train/reward.py, {reward['steps']} steps): held-out pairwise accuracy "
+            f"{reward['held_out_accuracy']} on {reward['held_out_pairs']} pairs, mean margin "
+            f"{reward['held_out_margin_mean']}; correlation of reward with reply length "
+            f"{reward['reward_length_correlation']} (near 0: it does not pay for length).", ""]
 
 
 def _versus_champion(result: dict) -> list[str]:
@@ -92,6 +109,29 @@ def _judge(judge: dict) -> list[str]:
         lines += ["", "| planted worse reply | judge accuracy |", "|---|---:|"]
         lines += [f"| {kind} | {acc} |" for kind, acc in cal["accuracy_by_kind"].items()]
     return lines
+
+
+def _judges(llm: dict, reward: dict, gates: list[dict]) -> list[str]:
+    """The LLM judge and the reward model on the same answers, with the calibration that says which to believe."""
+    def gating(label: str) -> str:
+        found = [g for g in gates if g["gate"] == f"{label} win rate vs champion"]
+        if not found:
+            return "no champion yet" if llm["opponent"] == "base" else "-"
+        return f"skipped: {found[0]['skipped']}" if "skipped" in found[0] else "yes"
+
+    def column(judge: dict) -> list[str]:
+        cal = judge["calibration"]
+        return [f"**{judge['win_rate']}** {judge['ci95']}", f"{judge['wins']} / {judge['ties']} / {judge['losses']}",
+                f"**{cal['accuracy']}** on {cal['pairs']}"] + [str(cal["accuracy_by_kind"].get(k)) for k in kinds]
+
+    kinds = list(llm["calibration"]["accuracy_by_kind"] or reward["calibration"]["accuracy_by_kind"])
+    names = [f"win rate vs {llm['opponent']} (95% interval)", "wins / ties / losses", "calibration accuracy"] + \
+        [f"calibration: {kind}" for kind in kinds]
+    rows = [f"| {n} | {a} | {b} |" for n, a, b in zip(names, column(llm), column(reward))]
+    return ["The LLM judge reads both answers and picks one; the reward model scores each alone (higher wins). Each "
+            "gates only when its calibration on planted pairs reaches gates.min_judge_calibration.", "",
+            "| | LLM judge | reward model |", "|---|---:|---:|", *rows,
+            f"| gates this run | {gating('judge')} | {gating('reward judge')} |"]
 
 
 def _benchmark(bench: dict) -> list[str]:

@@ -19,8 +19,8 @@ from tasks.common.code_deps import closure
 
 ROOT = Path(".checkpoints")
 STATE_FILE = "trainer_state.json"   # HF writes it last: a checkpoint without it was cut off mid-save
-# the training stages' code: every file sft.py and dpo.py reach through their imports (tasks/common/code_deps.py)
-CODE = sorted(closure((Path(__file__).with_name("sft.py"), Path(__file__).with_name("dpo.py"))))
+# the training stages' code: all that sft.py, dpo.py and reward.py reach through imports (tasks/common/code_deps.py)
+CODE = sorted(closure(tuple(Path(__file__).with_name(f"{name}.py") for name in ("sft", "dpo", "reward"))))
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
 
 

@@ -5,6 +5,7 @@
 - orpo: ORPOTrainer (trl.experimental in TRL 1.16), reference-free: SFT loss plus an odds-ratio penalty.
 - simpo: CPOTrainer (trl.experimental) with loss_type="simpo" and cpo_alpha=0, which is how TRL implements SimPO:
   reference-free, length-normalised rewards with a target margin `simpo_gamma`.
+- grpo, rloo: online RL against the reward stage's model (tasks/train/online.py).
 With a LoRA adapter the reference (dpo, kto) is the frozen SFT adapter TRL adds itself; no second model in memory.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datasets import Dataset
 
 from tasks.common.jsonl import read_jsonl
 from tasks.common.modeling import load_tokenizer
-from tasks.config import DpoConfig
+from tasks.config import ONLINE_METHODS, DpoConfig
 from tasks.paths import Paths
 from tasks.train import adapters, checkpoints
 from tasks.train.training import train, trainer_args
@@ -68,13 +69,19 @@ def build_trainer(cfg: DpoConfig, seed: int, base_model: Path, sft_out: Path, tr
 
 def dpo(cfg: DpoConfig, seed: int, base_model: Path = Paths.base_model, sft_adapter: Path = Paths.sft_adapter,
         train_file: Path = Paths.pref_train, out_dir: Path = Paths.dpo_adapter,
-        checkpoint_root: Path = checkpoints.ROOT) -> dict:
-    key = checkpoints.fingerprint(cfg, seed, [base_model, sft_adapter, train_file])
+        checkpoint_root: Path = checkpoints.ROOT, reward_model: Path = Paths.reward_model) -> dict:
+    """The preference stage with `cfg.method`; grpo/rloo (tasks/train/online.py) also read the reward model."""
+    online = cfg.method in ONLINE_METHODS
+    key = checkpoints.fingerprint(cfg, seed, [base_model, sft_adapter, train_file, *([reward_model] if online else [])])
     checkpoint_dir = checkpoints.run_dir("dpo", key, checkpoint_root)
-    trainer = build_trainer(cfg, seed, base_model, sft_adapter, train_file, checkpoint_dir)
-    metrics = train(trainer, out_dir, checkpoint_dir, f"{cfg.method.upper()} loss")
+    if online:
+        from tasks.train.online import online as train_online
+        metrics = train_online(cfg, seed, base_model, sft_adapter, train_file, reward_model, out_dir, checkpoint_dir)
+    else:
+        trainer = build_trainer(cfg, seed, base_model, sft_adapter, train_file, checkpoint_dir)
+        metrics = train(trainer, out_dir, checkpoint_dir, f"{cfg.method.upper()} loss")
+        accuracies = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
+        if accuracies:
+            metrics["first_reward_accuracy"], metrics["last_reward_accuracy"] = accuracies[0], accuracies[-1]
     metrics["method"] = cfg.method
-    accuracies = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
-    if accuracies:
-        metrics["first_reward_accuracy"], metrics["last_reward_accuracy"] = accuracies[0], accuracies[-1]
     return metrics

@@ -138,6 +138,20 @@ def test_an_uncalibrated_judge_is_shown_but_does_not_decide(store):
     assert "Calibration on 15 planted pairs" in report and "win rate **0.19**" in report
 
 
+def test_the_reward_judge_gates_beside_an_uncalibrated_llm_judge_and_the_report_shows_both(store):
+    _register(store, GOOD)
+    reward = judged(0.12, calibration=0.9) | {"judge": "reward model data/models/reward"}
+    result = _register(store, measured_against(1) | {"judge": judged(0.7, calibration=0.5), "reward_judge": reward})
+    assert result["alias"] == "challenger" and result["gates_skipped"] == 1
+    assert json.loads((store / "registration.json").read_text())["why"].startswith(
+        "failed gates: reward judge win rate vs champion")
+    report = (store / "report.md").read_text()
+    assert "| | LLM judge | reward model |" in report
+    assert "| calibration accuracy | **0.5** on 15 | **0.9** on 15 |" in report
+    assert ("| gates this run | skipped: judge calibration accuracy 0.5 < gates.min_judge_calibration 0.75: it "
+            "cannot tell planted better replies | yes |") in report
+
+
 def test_a_figure_the_judge_could_not_score_on_either_side_is_skipped_in_plain_sight(store):
     _register(store, GOOD)
     metrics = measured_against(1)
