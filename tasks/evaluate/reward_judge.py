@@ -38,6 +38,9 @@ def calibration(model, tokenizer, planted: list[dict], max_length: int) -> tuple
 def reward_judge(reward_model: Path, prompts: list[list[dict]], candidate: list[str], opponent: list[str],
                  opponent_name: str, planted: list[dict], max_length: int) -> tuple[dict, dict[str, list[dict]]]:
     """The Judge figures (tasks/evaluate/figures.py) of the reward model, and its tables (per answer, calibration)."""
+    if not (reward_model / "config.json").exists():
+        raise FileNotFoundError(f"evaluate: no reward model in {reward_model}: run the reward stage first "
+                                "(`python -m tasks run reward`; `make pipeline` and `dvc repro` run it before evaluate)")
     model, tokenizer = load_reward_model(reward_model)
     mine = score(model, tokenizer, prompts, candidate, max_length)
     theirs = score(model, tokenizer, prompts, opponent, max_length)

@@ -40,7 +40,8 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def worse_retrain(project):
-    """The same project re-run with training switched off (learning rate 0): the candidate is the base model again,
+    """The same project re-run with training switched off (learning rate 0, the preference stage as GRPO): the
+    candidate is the base model again,
     worse than the champion the first run trained, and it passes every absolute gate. The user asks for no served-ppl
     regression at all. Runs last: it adds a third pipeline run. Its vLLM server is SIGKILLed under evaluate (issue 11's
 fault): the stage must fail naming the cause, and the flow's retry complete."""
@@ -48,6 +49,8 @@ fault): the stage must fail naming the cause, and the flow's retry complete."""
     before = json.loads((proj / "data/registry/registration.json").read_text())
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["sft"]["learning_rate"] = params["dpo"]["learning_rate"] = 0.0
+    # and the preference stage online: GRPO against the reward stage's model runs through the flow end to end
+    params["dpo"] |= {"method": "grpo", "num_generations": 2, "max_completion_length": 8}
     params["gates"]["vs_champion"]["max_ppl_ratio"] = 1.0
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     run = subprocess.Popen([sys.executable, "-m", "tasks", "pipeline"], cwd=proj, env=env, stdout=subprocess.PIPE,

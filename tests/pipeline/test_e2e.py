@@ -185,8 +185,12 @@ def test_a_worse_retrain_stays_challenger_and_the_champion_keeps_its_alias(worse
     challenger = client.get_model_version_by_alias("smollm2-sharegpt", "challenger")
     assert int(challenger.version) == after["version"] > before["version"]
     assert challenger.tags["compared_with_champion"] == str(before["version"])
+    champion = client.get_model_version("smollm2-sharegpt", str(before["version"]))
+    assert (champion.tags["align_method"], challenger.tags["align_method"]) == ("dpo", "grpo")   # what made each
+    assert metrics["reward_judge"]["opponent"] == f"champion v{before['version']}"
     report = (proj / "data/registry/report.md").read_text()
     assert "## Against the champion" in report and "| served ppl |" in report and "| judge win rate |" in report
+    assert "| | LLM judge | reward model |" in report and "Reward model (tasks/train/reward.py" in report
     assert metrics["judge"]["opponent"] == f"champion v{before['version']}"
     assert "benchmark acc vs champion" in {g["gate"] for g in after["gates"]}
     answers = [json.loads(line) for line in (proj / "data/eval/answers.jsonl").read_text().splitlines()]

@@ -128,7 +128,7 @@ def test_a_model_vllm_cannot_serve_is_refused_before_training(models, base_model
 
 
 CHAINED = ("qwen2", "gemma2", "phi3")   # ChatML + default system prompt; no system role + soft-capping; fused qkv + eos
-CHAIN = ("base_model", "datasets", "sft", "pairs", "dpo", "quantize", "smoke_test", "evaluate")
+CHAIN = ("base_model", "datasets", "sft", "pairs", "reward", "dpo", "quantize", "smoke_test", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_a_family_trains_quantizes_serves_and_evaluates(family, base_model_dir, 
     with kept_servers():
         for name in CHAIN:
             results[name] = BY_NAME[name].run(ParamsView(cfg, BY_NAME[name].params, name))
-    assert results["sft"]["steps"] == 2 and results["dpo"]["steps"] == 2
+    assert results["sft"]["steps"] == 2 and results["dpo"]["steps"] == 2 and results["reward"]["steps"] == 2
     assert results["smoke_test"]["smoke_answer"].strip()
     ppl = results["evaluate"]["ppl"]
     assert ppl["sft"] < ppl["base"] and abs(ppl["served"] / ppl["dpo"] - 1) < 0.05, ppl
