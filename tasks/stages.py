@@ -169,7 +169,7 @@ STAGES = [
           headline=("held_out_accuracy", "held_out_margin_mean", "reward_length_correlation", "duration_s")),
     Stage("dpo", _dpo, ("dpo", "runtime.seed"), (Paths.pref_train, Paths.sft_adapter, Paths.base_model),
           (Out(Paths.dpo_adapter),), artifacts=(Paths.dpo_adapter,),
-          headline=("train_loss", "last_reward_accuracy", "last_reward", "last_kl", "tokens_per_s", "duration_s"),
+          headline=("train_loss", "last_reward_accuracy", "tokens_per_s", "duration_s"),
           named_deps=_online_reward_model),
     Stage("quantize", _quantize, ("quantize", "vllm.mode"),
           (Paths.base_model, Paths.dpo_adapter, Paths.sft_train, Paths.sft_test),

@@ -119,4 +119,5 @@ def online(cfg: DpoConfig, seed: int, base_model: Path, sft_adapter: Path, train
     for key, points in series.items():
         if points:
             metrics[f"first_{key}"], metrics[f"last_{key}"] = points[0][1], points[-1][1]
+    metrics["last_reward_accuracy"] = None      # the pairwise methods' headline figure: no pairs here (see last_reward)
     return metrics

@@ -4,17 +4,15 @@ after a checkpoint resumes from it. Tiny: 2 replies of 8 tokens per prompt, a fe
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.train import checkpoints
 from tests.conftest import ROOT, configured
+from tests.train.test_resume import kill_after_first_checkpoint
 
 pytestmark = pytest.mark.slow
 CFG = dict(max_steps=2, per_device_batch_size=2, num_generations=2, max_completion_length=8, logging_steps=1,
@@ -75,16 +73,8 @@ def test_a_killed_grpo_run_resumes_from_its_checkpoint(base_model_dir, untrained
     cfg = {**CFG, "method": "grpo", "max_steps": 4}
     cmd = [sys.executable, "-c", DRIVER, json.dumps(cfg), str(base_model_dir), str(untrained_adapter),
            str(tiny_sets["pref"]), str(tiny_reward_model[1]), str(tmp_path / "out"), str(tmp_path / "ckpt")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 600
-    while not list((tmp_path / "ckpt").glob(f"dpo/*/checkpoint-*/{checkpoints.STATE_FILE}")):
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "out" / "adapter_model.safetensors").exists(), "the run finished before it was killed"
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    kill_after_first_checkpoint(cmd, tmp_path / "ckpt" / "dpo", tmp_path / "out")
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout.split("METRICS ", 1)[1])
     assert 0 < metrics["resumed_from_step"] < 4 and metrics["steps"] == 4 and metrics["method"] == "grpo"

@@ -37,6 +37,19 @@ def _run(cmd) -> dict:
     return json.loads(done.stdout.split("METRICS ", 1)[1])
 
 
+def kill_after_first_checkpoint(cmd: list[str], stage_checkpoints, out) -> None:
+    """Run `cmd` (a training driver) and SIGKILL it once a whole checkpoint is under `stage_checkpoints`."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 600
+    while not list(stage_checkpoints.glob(f"*/checkpoint-*/{checkpoints.STATE_FILE}")):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter_model.safetensors").exists(), "the run finished before it was killed"
+
+
 def _losses(out) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h}
 
@@ -47,15 +60,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tiny_sets, 
     assert not (tmp_path / "ckpt_a").exists()          # removed after success
 
     cmd = _command(base_model_dir, tiny_sets["sft"], tmp_path / "b", tmp_path / "ckpt_b")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 600
-    while not list((tmp_path / "ckpt_b").glob(f"sft/*/checkpoint-*/{checkpoints.STATE_FILE}")):
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "b" / "adapter_model.safetensors").exists(), "the run finished before it was killed"
+    kill_after_first_checkpoint(cmd, tmp_path / "ckpt_b" / "sft", tmp_path / "b")
 
     resumed = _run(cmd)
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
