@@ -175,9 +175,12 @@ def _maker(runs: Runs, stage: str, before: int, parent_id: str | None, outs: lis
     for run in runs.finished(stage, before):
         if run.data.tags.get("mlflow.parentRunId") == parent_id:
             continue
-        agree, differ = agreement(seen_outputs(runs, run, outs, declared), recorded)
+        seen = seen_outputs(runs, run, outs, declared)
+        agree, differ = agreement(seen, recorded)
         consumed = all(recorded.get(out, md5) == md5 for out, md5 in _inputs(run, declared).items())
-        if agree and not differ and consumed:
+        # not seen: nothing after it in its own pipeline run read its outputs (the reward model, read only by evaluate,
+        # when that run failed before evaluate): the latest such run that read what the version records made them
+        if (agree or not seen) and not differ and consumed:
             return run, "earlier pipeline run (up to date in this one)"
     return None, "up to date in this pipeline run, made by an earlier run not found in this store"
 

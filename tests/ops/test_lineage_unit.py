@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 CACHED = {"base_model": ["data/models/base"], "ingest": ["data/ingested"], "clean": ["data/clean"],
           "datasets": ["data/datasets"], "sft": ["data/models/sft_adapter"], "pairs": ["data/pairs"],
-          "dpo": ["data/models/dpo_adapter"], "quantize": ["data/models/quantized"], "smoke_test": [],
+          "reward": ["data/models/reward"], "dpo": ["data/models/dpo_adapter"], "quantize": ["data/models/quantized"], "smoke_test": [],
           "evaluate": ["data/eval/answers.jsonl"], "register": []}
 UNCACHED = {"smoke_test": ["data/smoke_test/result.json"], "evaluate": ["data/eval/metrics.json"],
             "register": ["data/registry"]}
@@ -30,14 +30,16 @@ DEPS = {"clean": ["data/ingested/conversations.jsonl"], "datasets": ["data/clean
                                                                      "data/models/base"],
         "sft": ["data/datasets/sft_train.jsonl", "data/models/base"], "pairs": ["data/models/sft_adapter"],
         "dpo": ["data/pairs/pref_train.jsonl", "data/models/sft_adapter"], "quantize": ["data/models/dpo_adapter"],
-        "smoke_test": ["data/models/quantized"], "evaluate": ["data/models/quantized", "data/datasets/sft_train.jsonl"],
+        "smoke_test": ["data/models/quantized"],
+        "reward": ["data/pairs/pref_train.jsonl", "data/models/sft_adapter"],   # read by evaluate only: A never did
+        "evaluate": ["data/models/quantized", "data/datasets/sft_train.jsonl", "data/models/reward"],
         "register": ["data/eval/metrics.json", "data/smoke_test/result.json", "data/models/quantized"]}
 PARAMS = {"sft": ["sft.learning_rate"], "register": ["gates.min_rouge_l"]}
 FILES = {"data/ingested": "conversations.jsonl", "data/clean": "conversations.jsonl",
          "data/datasets": "sft_train.jsonl", "data/pairs": "pref_train.jsonl", "data/registry": "registration.json"}
 CLEAN = {"rows_in": 120, "rows_kept": 100, "rows_dropped": 20, "rows_pii_scrubbed": 7,
          "dropped_by_reason": {"exact_duplicate": 12, "near_duplicate": 5, "too_short": 3}}
-AFTER_SFT = ("sft", "pairs", "dpo", "quantize", "smoke_test", "evaluate")
+AFTER_SFT = ("sft", "pairs", "reward", "dpo", "quantize", "smoke_test", "evaluate")
 
 
 def _dvc_yaml() -> dict:
@@ -204,15 +206,18 @@ def test_champion_chain_walks_back_through_each_stage_to_the_runs_that_made_its_
     assert (chain["version"], chain["aliases"]) == (3, ["champion"])
     assert chain["pipeline_run"]["run_id"] == parents["D"] and chain["pipeline_run"]["status"] == "FINISHED"
     made_in = {e["stage"]: e.get("pipeline_run_id") for e in chain["stages"]}
-    # D ran only register; smoke_test and evaluate came from B; everything before from A (which then failed),
+    # D ran only register; smoke_test and evaluate came from B; everything before from A (which then failed; its
+    # reward model was read only by B's evaluate),
     # not from C, whose newer sft..quantize runs made other data
-    assert made_in == {**{s: parents["A"] for s in list(CACHED)[:8]}, "smoke_test": parents["B"],
+    assert made_in == {**{s: parents["A"] for s in list(CACHED)[:9]}, "smoke_test": parents["B"],
                        "evaluate": parents["B"], "register": parents["D"]}
     by_stage = {e["stage"]: e for e in chain["stages"]}
     assert by_stage["quantize"]["pipeline_run_status"] == "FAILED"
     assert by_stage["register"]["origin"] == "registered the version"
     assert all(e["status"] == "FINISHED" and not e["inputs_not_as_version"] and e["outputs_confirmed_by"]
-               for e in chain["stages"] if e["stage"] != "register")
+               for e in chain["stages"] if e["stage"] not in ("register", "reward"))
+    # nothing after it in A read the reward model: A's latest reward run that read what v3 records, uncontradicted
+    assert by_stage["reward"]["status"] == "FINISHED" and not by_stage["reward"]["outputs_contradicted_by"]
     lock = {k.removeprefix("dvc.md5."): v for k, v in chain["tags"].items() if k.startswith("dvc.md5.")}
     assert by_stage["sft"]["outputs"] == {p: lock[p] for p in ("data/models/sft_adapter", "data/stages/sft.json",
                                                                "data/metrics/sft.json")}
@@ -271,7 +276,7 @@ def test_check_passes_where_the_workspace_holds_the_versions_data_and_names_what
     assert chain["check"]["not_compared"] == ["data/metrics/register.json", "data/registry",
                                               "data/stages/register.json"]
     code, out = lineage(root, monkeypatch, capsys, "2", "--check")
-    assert code == 1 and "DIFFERS: this workspace differs in 19 of 31 outputs" in out
+    assert code == 1 and "DIFFERS: this workspace differs in 22 of 34 outputs" in out
     assert "data/models/sft_adapter      version" in out and "dvc.lock has" in out
 
 
@@ -319,7 +324,7 @@ def test_a_stage_whose_maker_is_gone_from_the_store_shows_the_data_dvc_lock_reco
         client.delete_run(run.info.run_id)
     chain = _chain(copy, monkeypatch, capsys)
     gone = [e for e in chain["stages"] if "run_id" not in e]
-    assert [e["stage"] for e in gone] == list(CACHED)[:8]
+    assert [e["stage"] for e in gone] == list(CACHED)[:9]
     recorded = {k.removeprefix("dvc.md5."): v for k, v in chain["tags"].items() if k.startswith("dvc.md5.")}
     assert gone[4]["outputs"]["data/models/sft_adapter"] == recorded["data/models/sft_adapter"]
     assert chain["clean"] == {}
