@@ -225,6 +225,7 @@ def judged(cfg: EvaluateConfig, vllm_cfg: VllmConfig, base: Path, test_set: list
     judge_dir = Path(jc.model_dir) if jc.model_dir else base
     questions = [split_last_reply(c["messages"])[0][-1]["content"] for c in test_set[:jc.size]]
     rows = tables["answers"][:jc.size]
+    planted = planted_pairs(test_set, jc.calibration_size, seed)   # both judges' calibration: the same pairs
     with ExitStack() as stack:
         server = None
         if not jc.base_url:
@@ -245,7 +246,7 @@ def judged(cfg: EvaluateConfig, vllm_cfg: VllmConfig, base: Path, test_set: list
                                  cfg.concurrency)
         with timed(times, "judge: calibration"):
             calibration, tables["judge_calibration"] = calibrate(
-                judge, planted_pairs(test_set, jc.calibration_size, seed), cfg.concurrency)
+                judge, planted, cfg.concurrency)
         ragas = {}
         if jc.ragas_size:
             llm = judge_llm(judge.base_url, judge.model, jc.ragas_max_tokens, jc.api_key_env)
@@ -259,7 +260,7 @@ def judged(cfg: EvaluateConfig, vllm_cfg: VllmConfig, base: Path, test_set: list
     with timed(times, "reward judge"):
         prompts = [split_last_reply(c["messages"])[0] for c in test_set[:jc.size]]
         rewarded, reward_tables = reward_judge(reward_model, prompts, [r["answer"] for r in rows], theirs, opponent,
-                                               planted_pairs(test_set, jc.calibration_size, seed), jc.max_model_len)
+                                               planted, jc.max_model_len)
     tables |= reward_tables
     return {"reward_judge": rewarded, "judge": {"judge": jc.model or f"{judge_dir} (served here)", "opponent": opponent,
                       **win_rate([v["outcome"] for v in verdicts]), "calibration": calibration,

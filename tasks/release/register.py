@@ -22,7 +22,7 @@ from tasks.data.canaries import Canary, scan
 from tasks.evaluate.figures import ABSENT, FIGURES, VS_CHAMPION, Evaluation, Judge, MissingFigure, lookup
 from tasks.paths import Paths
 from tasks.release.promote import audit_tags
-from tasks.release.report import run_report
+from tasks.release.report import run_report, stage_result
 
 # where a planted canary must not be: every output but the raw corpus it was planted in (data/ingested and its DVC
 # cache copy), the MLflow store and artifacts, the fetched champion, vLLM's and Prefect's logs and databases
@@ -98,15 +98,12 @@ def eval_summary(ev: Evaluation) -> dict[str, str]:
     return {tag: str(value) for tag, value in found.items() if value is not ABSENT and value is not None}
 
 
-def training_tags(stage_results: Path = Paths.stage_results) -> dict[str, str]:
+def training_tags() -> dict[str, str]:
     """What made the model, on its registry version: the preference method (`align_method`: dpo, orpo, kto, simpo,
     grpo, rloo) and the reward model's held-out pairwise accuracy."""
-    tags = {}
-    for stage, key, tag in (("dpo", "method", "align_method"), ("reward", "held_out_accuracy", "reward_model_accuracy")):
-        path = stage_results / f"{stage}.json"
-        if path.exists() and json.loads(path.read_text()).get(key) is not None:
-            tags[tag] = str(json.loads(path.read_text())[key])
-    return tags
+    wanted = {"align_method": stage_result("dpo").get("method"),
+              "reward_model_accuracy": stage_result("reward").get("held_out_accuracy")}
+    return {tag: str(value) for tag, value in wanted.items() if value is not None}
 
 
 def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantized, metrics_file: Path = Paths.metrics,

@@ -13,7 +13,7 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
     timed = [(name, Paths.stage_results / f"{name}.json") for name in stage_order if name != "register"]
     stage_times = {name: json.loads(path.read_text()).get("duration_s") for name, path in timed if path.exists()}
     clean = json.loads(Paths.clean_report.read_text()) if Paths.clean_report.exists() else {}
-    pairs, reward = (_results(name) for name in ("pairs", "reward"))
+    pairs, reward = (stage_result(name) for name in ("pairs", "reward"))
     lines = [f"# Run report: **{result['alias']}**", "", f"Verdict: {result['why']}.", ""]
     if "version" in result:
         lines += [f"Registered as `{result['uri']}` (version {result['version']}).", ""]
@@ -65,7 +65,8 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def _results(stage: str) -> dict:
+def stage_result(stage: str) -> dict:
+    """What a stage returned (data/stages/<stage>.json), or {} before it ran."""
     path = Paths.stage_results / f"{stage}.json"
     return json.loads(path.read_text()) if path.exists() else {}
 

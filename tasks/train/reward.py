@@ -1,4 +1,4 @@
-"""The reward stage (after pairs): a reward model, the first half of the InstructGPT path (SFT -> reward model -> RL against it).
+"""The reward stage (after pairs): the first half of InstructGPT's path, SFT -> reward model -> RL against it.
 
 TRL's RewardTrainer trains a scalar head (sequence classification, num_labels=1) on the SFT model, LoRA by default
 (the head itself is trained in full: PEFT's SEQ_CLS task keeps `score` trainable), on the pairs stage's
