@@ -75,6 +75,17 @@ def run_stage_task(stage_name: str, cfg: Config, parent_id: str) -> dict:
     return run_stage(cfg, BY_NAME[stage_name], parent_id)
 
 
+def cut_feedback_round(cfg, log) -> None:
+    """With a feedback source, the feedback `make serve` recorded becomes this run's round once there is
+    flywheel.min_new_rows of it (tasks/data/feedback.py); its rounds folder is then what ingest sees changed."""
+    if any(source.kind == "feedback" for source in cfg.ingest.sources):
+        from tasks.data.feedback import cut, pending
+
+        folder = cut(cfg.flywheel.min_new_rows)
+        log.info("feedback round %s", f"closed: {folder}" if folder else
+                 f"not due: {pending().total()} of flywheel.min_new_rows {cfg.flywheel.min_new_rows} rows")
+
+
 @flow(name="finetune-pipeline")
 def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, until: str | None = None,
                       push: bool = True, wait_s: float = 0.0) -> dict:
@@ -89,10 +100,12 @@ def finetune_pipeline(params_file: str = "params.yaml", force: bool = False, unt
     from tasks.stages import carry_headline
 
     log = get_run_logger()
-    repo, results = _dvc_repo(), {}
+    results = {}
     # one vLLM start per model per flow run: evaluate scores on the server smoke_test started
     with workspace_lock("python -m tasks pipeline", wait_s=wait_s), \
             tracking.pipeline_run(cfg, "prefect", Path(params_file)) as parent, kept_servers():
+        cut_feedback_round(cfg, log)
+        repo = _dvc_repo()
         for stage in stages:
             if not force and up_to_date(repo, stage.name):
                 log.info("%s: up to date (dvc.lock), skipped", stage.name)

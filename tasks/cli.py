@@ -22,6 +22,7 @@ COMMANDS = {   # name: (module:function, what it does)
     "retrain-check": ("tasks.ops.retrain_check:main", "which stages are stale against dvc.lock, and why"),
     "push": ("tasks.ops.remote:main", "the scrubbed outputs to the DVC remote (--include-raw: the raw corpus too)"),
     "serve": ("tasks.serve.serve_registry:main", "the registry's @champion on 127.0.0.1:8000, following the alias"),
+    "flywheel": ("tasks.data.feedback:main", "feedback recorded by `make serve` since the last round; cut one"),
     "dvc-yaml": ("tasks.ops.dvc_yaml:main", "write dvc.yaml from the stage list (--check: compare, write nothing)"),
 }
 OPTIONS = "--debug: a traceback instead of the one-line message for a mistake in params, a source or a busy workspace"

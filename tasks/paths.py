@@ -45,3 +45,6 @@ class Paths:
     vs_champion_plot = data / "registry" / "vs_champion.png"
     stage_results = data / "stages"    # everything each stage returned, read back by the run report and register
     stage_metrics = data / "metrics"   # each stage's few headline numbers: DVC metrics
+    feedback = data / "feedback"       # what `make serve` recorded (tasks/data/feedback.py), scrubbed of PII
+    feedback_live = feedback / "live"      # being written: not versioned, not read by any stage
+    feedback_rounds = feedback / "rounds"  # closed rounds (`python -m tasks flywheel cut`): DVC-tracked, ingested

@@ -77,10 +77,12 @@ def _ingest(cfg):
 
 def _local_sources(cfg: Config, root: Path) -> list[Path]:
     """Ingest's sources that are files or folders in the project: deps, so that editing data/raw/mine.jsonl
-    re-ingests. The embedded package, a hub dataset and a path outside the project are none. A source added to
+    re-ingests, and closing a feedback round re-ingests. The embedded package, a hub dataset and a path outside the
+    project are none. A source added to
     params.yaml becomes one when `python -m tasks dvc-yaml` writes dvc.yaml again."""
-    paths = [Path(os.path.normpath(root / source.path)) for source in cfg.ingest.sources]
-    return [path.relative_to(root) for path in paths if path.is_relative_to(root) and path.exists()]
+    paths = [(Path(os.path.normpath(root / source.path)), source.kind == "feedback") for source in cfg.ingest.sources]
+    # a feedback source's rounds folder is a dep before its first round is cut: the cut is what makes ingest stale
+    return [path.relative_to(root) for path, rounds in paths if path.is_relative_to(root) and (rounds or path.exists())]
 
 
 def _clean(cfg):
@@ -94,8 +96,10 @@ def _datasets(cfg):
 
 
 def _sft(cfg):
+    from tasks.train.init_from import champion_start
     from tasks.train.sft import sft
-    return sft(cfg.sft, cfg.runtime.seed)
+    start = champion_start(cfg.tracking.registered_model) if cfg.sft.init_from == "champion" else None
+    return sft(cfg.sft, cfg.runtime.seed, start=start)
 
 
 def _pairs(cfg):
@@ -156,7 +160,7 @@ STAGES = [
     Stage("datasets", _datasets, ("datasets", "runtime.seed", "ingest.sources"), (Paths.clean, Paths.base_model),
           (Out(Paths.datasets_dir),), artifacts=(Paths.sft_test, Paths.pref_prompts_test),
           headline=("sft_train", "sft_test", "pref_prompts_train", "pref_prompts_test")),
-    Stage("sft", _sft, ("sft", "runtime.seed"), (Paths.sft_train, Paths.sft_test, Paths.base_model),
+    Stage("sft", _sft, ("sft", "runtime.seed", "tracking.registered_model"), (Paths.sft_train, Paths.sft_test, Paths.base_model),
           (Out(Paths.sft_adapter),), artifacts=(Paths.sft_adapter,),
           headline=("train_loss", "eval_loss", "tokens_per_s", "duration_s")),
     Stage("pairs", _pairs, ("pairs", "runtime.seed", "datasets.test_fraction"),
@@ -188,7 +192,7 @@ STAGES = [
     Stage("register", _register, ("gates", "tracking.registered_model", "evaluate.canaries", "runtime.seed"),
           (Paths.metrics, Paths.stage_results / "quantize.json", Paths.stage_results / "reward.json",
            Paths.stage_results / "dpo.json", Paths.smoke_test,
-           Paths.quantized, Paths.clean_report),
+           Paths.quantized, Paths.clean_report, Paths.dpo_adapter, Paths.base_model),
           (Out(Paths.registry_report.parent, cache=False),),
           artifacts=(Paths.registry_report, Paths.run_report, Paths.vs_champion_plot), report=Paths.run_report,
           headline=("promoted", "version", "gates_failed", "gates_skipped")),

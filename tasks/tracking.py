@@ -246,6 +246,11 @@ def register_model(name: str, model_dir: Path, alias: str, description: str,
             "uri": f"models:/{name}@{alias}"}
 
 
+def log_folder(folder: Path, artifact_path: str) -> None:
+    """A folder's files as one artifact folder of the current run."""
+    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
 def champion(name: str, alias: str = "champion") -> dict | None:
     """The registry version `alias` points at ({version, source, run_id, tags, description}), or None before the
     first champion."""

@@ -39,7 +39,7 @@ from tasks.config.evaluate import (  # noqa: F401
     VsChampionConfig,
 )
 from tasks.config.section import S, Section
-from tasks.config.serve import QuantizeConfig, Scheme, ServeConfig, VllmConfig  # noqa: F401
+from tasks.config.serve import FlywheelConfig, QuantizeConfig, Scheme, ServeConfig, VllmConfig  # noqa: F401
 from tasks.config.train import (  # noqa: F401
     ONLINE_METHODS,
     DatasetsConfig,
@@ -83,6 +83,7 @@ class Config(Section):
     quantize: QuantizeConfig
     vllm: VllmConfig
     serve: ServeConfig
+    flywheel: FlywheelConfig
     evaluate: EvaluateConfig
     gates: GatesConfig
 

@@ -30,6 +30,7 @@ class SourceConfig(Section):
     max_rows: int = Field(0, ge=0)             # records read from it; 0 = all
     system_prompt: str | None = None           # for its conversations without one; None: ingest.system_prompt
     tags: list[str] = []                       # recorded with its counts in the reports
+    kind: Literal["records", "feedback"] = "records"   # feedback: `make serve`'s closed rounds (tasks/data/feedback.py)
 
     @property
     def label(self) -> str:

@@ -52,3 +52,12 @@ class ServeConfig(Section):
     max_request_bytes: int = Field(ge=1024)
     metrics_interval_s: Seconds              # vLLM's /metrics scraped into MLflow time series this often
     cost_per_hour: float = Field(ge=0)         # what the machine costs, for cost per 1M tokens (0 = not logged)
+    record: bool                               # each exchange, scrubbed, to data/feedback/live; POST /v1/feedback on
+
+
+class FlywheelConfig(Section):
+    """Served traffic and feedback as the next round's data (tasks/data/feedback.py, tasks/serve/recorder.py)."""
+    min_new_rows: int = Field(ge=1)            # feedback rows since the last round that make a retrain due
+    rotate_mb: float = Field(gt=0)             # a live file is closed at this size and the next one opened
+    retention_days: float = Field(gt=0)        # live files older than this are deleted (closed rounds are kept)
+    max_mb: float = Field(gt=0)                # and the oldest live files while the live store is over this

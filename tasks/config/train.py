@@ -49,6 +49,9 @@ class LoraTrainConfig(TrainConfig):
 
 class SftConfig(LoraTrainConfig):
     eval_steps: Positive
+    # base: a new adapter on the base model; champion: continue the registry's @champion's adapter (a new round on
+    # new data plus a replay share of the old: tasks/train/init_from.py)
+    init_from: Literal["base", "champion"]
     packing: bool                              # best-fit packing of conversations into max_length rows, no padding
 
 

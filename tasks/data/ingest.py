@@ -7,7 +7,8 @@ tasks/data/canaries.py), every 37th kept row gets one. Every input record ends u
 the quarantine keeps the raw record, its source and the reason so nothing is lost and a fix can be replayed. Sources
 are read as streams: memory follows the longest record, not the file. The readers, and the checks that refuse a
 source before reading it, are tasks/data/ingest_read.py; the record shapes known (messages, ShareGPT, Alpaca,
-prompt/completion, question/answer), tasks/data/ingest_shapes.py. A source with no records stops the stage unless
+prompt/completion, question/answer), tasks/data/ingest_shapes.py; a source of kind feedback, what `make serve`
+recorded (tasks/data/feedback.py). A source with no records stops the stage unless
 `ingest.allow_empty` says that is expected: a wrong path or an emptied export would otherwise train on nothing.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from tasks.common.jsonl import atomic_writer, write_json
 from tasks.config import IngestConfig, SourceConfig
 from tasks.data.canaries import EVERY_NTH_ROW, Canary, plant
+from tasks.data.feedback import feedback_records
 from tasks.data.ingest_read import (  # noqa: F401 - tests and benchmarks import these from here
     EMBEDDED,
     SourceError,
@@ -89,6 +91,14 @@ def _read_source(source: SourceConfig, records: Iterator, cfg: IngestConfig, out
             "quarantined_by_reason": dict(dropped), "tags": list(source.tags)}
 
 
+def _feedback_folder(path: str) -> Path:
+    if not Path(path).is_dir():
+        raise SourceError(f"ingest source {path!r} (kind: feedback) is not a folder: it is where "
+                          "`python -m tasks flywheel cut` closes rounds of what `make serve` recorded "
+                          f"({Paths.feedback_rounds}); record with serve.record: true, then cut")
+    return Path(path)
+
+
 def ingest(cfg: IngestConfig, out: Path = Paths.ingested, quarantine: Path = Paths.quarantine,
            report: Path = Paths.ingest_report, canaries: list[Canary] = (), offline: bool = True) -> dict:
     """Quarantine entries are `{"index", "line", "id", "reason", "source"}` plus the record: `record`, the JSON value,
@@ -97,12 +107,16 @@ def ingest(cfg: IngestConfig, out: Path = Paths.ingested, quarantine: Path = Pat
     which base64 would not). The quarantine is written ASCII-only, so those surrogates (and any a record parsed
     to) are \\udcXX escapes and the file itself is valid UTF-8 JSONL. `offline` refuses a hub dataset."""
     # every source it refuses is refused before an output is opened
-    readers = [(source, raw_records(source.path, offline)) for source in cfg.sources]
+    feedback = {source.label: Counter() for source in cfg.sources if source.kind == "feedback"}
+    readers = [(source, feedback_records(_feedback_folder(source.path), feedback[source.label])
+                if source.kind == "feedback" else raw_records(source.path, offline)) for source in cfg.sources]
     many = len(readers) > 1
     with atomic_writer(out) as good, atomic_writer(quarantine) as bad:
         outputs = _Outputs(good, bad, list(canaries))
         by_source = {source.label: _read_source(source, records, cfg, outputs, f"{source.label}/" if many else "")
                      for source, records in readers}
+    for label, counts in feedback.items():   # every feedback row by kind, used or not: the round in the report
+        by_source[label]["feedback"] = dict(counts)
     reasons = sum((Counter(counts["quarantined_by_reason"]) for counts in by_source.values()), Counter())
     counts = {key: sum(counts[key] for counts in by_source.values()) for key in ("rows_in", "rows_kept")}
     counts |= {"rows_quarantined": reasons.total(), "quarantined_by_reason": dict(reasons),

@@ -10,7 +10,9 @@ absent is not a reason: data/ingested (the raw corpus with its PII) is never pus
 clone that has not pulled at all must get the same answer. Code and params are in git, so a fresh clone answers
 before `dvc pull`. A missing file still counts when the stage that makes it recorded another version of it than the
 stage that reads it (a `.dvc` data source was updated, or an upstream stage re-ran alone): that is DVC's own rule.
-Stages downstream of a stale one are listed as running after it: they re-run if its outputs change.
+Stages downstream of a stale one are listed as running after it: they re-run if its outputs change. With an ingest
+source of kind feedback, ingest is also stale when `make serve` recorded flywheel.min_new_rows rows of feedback since
+the last round (tasks/data/feedback.py): the run closes them into a round before its first stage.
 """
 from __future__ import annotations
 
@@ -89,6 +91,19 @@ def reasons(stage, producers: dict[str, Any]) -> list[str]:
     return why
 
 
+def feedback_due(root: Path) -> str:
+    """Ingest runs again when feedback for a new round is due (tasks/data/feedback.py): the served model's users said
+    enough since the last round, though no file DVC watches changed yet (the run cuts the round first)."""
+    from tasks.config import load_config
+    from tasks.data.feedback import due
+    from tasks.paths import Paths
+
+    cfg = load_config(root / "params.yaml")
+    if not any(source.kind == "feedback" for source in cfg.ingest.sources):
+        return ""
+    return due(cfg.flywheel.min_new_rows, root / Paths.feedback_live)
+
+
 def check(root: Path, targets: Sequence[str] = ()) -> list[Verdict]:
     """Every stage `dvc repro TARGETS` would consider (all of dvc.yaml by default), upstream first."""
     import networkx as nx
@@ -100,6 +115,9 @@ def check(root: Path, targets: Sequence[str] = ()) -> list[Verdict]:
         plan = plan_repro(graph, collect_stages(repo, list(targets) or ["dvc.yaml"]))
         producers = {out.fs_path: out for stage in graph for out in stage.outs}
         why = {stage: reasons(stage, producers) for stage in plan}
+        for stage in plan:
+            if stage.addressing == "ingest" and (feedback := feedback_due(root)):
+                why[stage].append(feedback)
         return [Verdict(stage.addressing, tuple(why[stage]),
                         tuple(up.addressing for up in plan if up in nx.descendants(graph, stage) and why[up]))
                 for stage in plan]

@@ -51,6 +51,7 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
                   + ", ".join(f"{k} {v}" for k, v in clean["dropped_by_reason"].items())
                   + "; PII replaced: " + (", ".join(f"{k} {v}" for k, v in clean["pii_by_type"].items()) or "none")
                   + ".", ""]
+    lines += _feedback_round(stage_result("ingest"), clean, stage_result("sft"))
     if pairs:
         lines += [f"Preference pairs ({pairs['source']}): {pairs['pref_train']} train, {pairs['pref_test']} held out; "
                   f"mean length chosen {pairs['mean_chosen_tokens']} vs rejected {pairs['mean_rejected_tokens']} "
@@ -69,6 +70,21 @@ def stage_result(stage: str) -> dict:
     """What a stage returned (data/stages/<stage>.json), or {} before it ran."""
     path = Paths.stage_results / f"{stage}.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _feedback_round(ingest: dict, clean: dict, sft: dict) -> list[str]:
+    """What served users sent this round (sources of kind feedback: tasks/data/feedback.py) and what came of it."""
+    lines = []
+    for name, counts in ingest.get("by_source", {}).items():
+        if "feedback" not in counts:
+            continue
+        kinds = ", ".join(f"{n} {kind}" for kind, n in counts["feedback"].items()) or "none"
+        cleaned = clean.get("by_source", {}).get(name, {})
+        dropped = ", ".join(f"{k} {v}" for k, v in cleaned.get("dropped_by_reason", {}).items()) or "none"
+        lines += [f"Feedback from serving (`{name}`): {kinds}; {counts['rows_kept']} became training conversations, "
+                  f"{cleaned.get('rows_kept', 0)} kept by clean (dropped: {dropped}). SFT started from "
+                  f"{sft.get('init_from', 'base')}.", ""]
+    return lines
 
 
 def _reward(reward: dict) -> list[str]:

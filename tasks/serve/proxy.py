@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tasks.config import ServeConfig
+from tasks.serve.recorder import MAX_CAPTURE_BYTES, Recorder
 
 GENERATING = ("/v1/chat/completions", "/v1/completions")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade",
@@ -73,13 +74,14 @@ class Proxy:
     """`Proxy(cfg).start()` listens on serve.host:serve.port; `switch(backend)` sends new requests there and returns
     the previous backend, which `drain` waits on before its server is stopped."""
 
-    def __init__(self, cfg: ServeConfig, request_timeout_s: float = 600):
-        self.cfg = cfg
+    def __init__(self, cfg: ServeConfig, request_timeout_s: float = 600, recorder: Recorder | None = None):
+        self.cfg, self.recorder = cfg, recorder
         self.current: Backend | None = None
         self._lock = threading.Lock()        # switch() runs in the caller's thread, requests in uvicorn's loop
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout_s, connect=10),
                                          limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
         app = Starlette(routes=[Route("/health", self._health), Route("/version", self._version),
+                                Route("/v1/feedback", self._feedback, methods=["POST"]),
                                 Route("/{path:path}", self._forward, methods=["GET", "POST", "DELETE", "PUT"])])
         self._server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                                      access_log=False, timeout_graceful_shutdown=5))
@@ -185,21 +187,81 @@ class Proxy:
                           "upstream_error")
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         out_headers["x-model-version"] = str(backend.version)
-        return Relayed(upstream, lambda: self._release(backend), status_code=upstream.status_code,
-                       headers=out_headers)
+        record = (self.recorder is not None and path == "/v1/chat/completions" and body is not None
+                  and upstream.status_code == 200 and "content-encoding" not in upstream.headers)
+        started = time.monotonic()
+
+        def done(answer: bytes | None) -> None:
+            self._release(backend)
+            if answer is not None:
+                self.recorder.exchange(body, answer, backend.version, time.monotonic() - started)
+
+        return Relayed(upstream, done, capture=record, status_code=upstream.status_code, headers=out_headers)
+
+    async def _feedback(self, request: Request) -> Response:
+        """POST /v1/feedback {"id": an answer's id, "rating": 1 | -1, "correction": "the reply it should have
+        given"}: one or both. Recorded, scrubbed, beside the exchange (tasks/serve/recorder.py)."""
+        if self.recorder is None:
+            return _error(404, "feedback is recorded only while serving with serve.record: true in params.yaml")
+        raw = await request.body()
+        why, body = check_feedback(raw, self.cfg)
+        if why:
+            return _error(413 if "bytes" in why else 400, why)
+        if body["id"] not in self.recorder.known:
+            return _error(404, f"no recorded answer has id {body['id']!r}: quote the `id` of an answer this server "
+                               "gave while recording", "not_found_error")
+        self.recorder.feedback(body["id"], body.get("rating"), body.get("correction"))
+        return JSONResponse({"id": body["id"], "recorded": True})
+
+
+def check_feedback(raw: bytes, cfg: ServeConfig) -> tuple[str, dict | None]:
+    """('', the feedback) when `raw` is one; (why, None) otherwise, as check_caps answers for chat requests."""
+    if len(raw) > cfg.max_request_bytes:
+        return (f"request body is {len(raw)} bytes; serve.max_request_bytes allows {cfg.max_request_bytes}", None)
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as err:
+        return f"request body is not JSON: {err}", None
+    if not isinstance(body, dict):
+        return "request body must be a JSON object", None
+    if unknown := sorted(set(body) - {"id", "rating", "correction"}):
+        return f"unknown key(s) {unknown}: feedback is id with rating (1 or -1) and/or correction (text)", None
+    if not isinstance(body.get("id"), str) or not body["id"] or len(body["id"]) > 256:
+        return "id must be the `id` of an answer this server gave (a non-empty string)", None
+    rating, correction = body.get("rating"), body.get("correction")
+    if rating is not None and (isinstance(rating, bool) or rating not in (1, -1)):
+        return f"rating must be 1 or -1, not {rating!r}", None
+    if correction is not None and (not isinstance(correction, str) or not correction.strip()):
+        return "correction must be the reply's text, not empty", None
+    if rating is None and correction is None:
+        return "feedback needs a rating (1 or -1), a correction, or both", None
+    return "", body
 
 
 class Relayed(StreamingResponse):
     """An upstream answer streamed through unbuffered. However it ends (done, the client gone before or during the
-    stream, the upstream cut), the upstream is closed and `done` runs once: a drain never waits on a lost request."""
+    stream, the upstream cut), the upstream is closed and `done` runs once: a drain never waits on a lost request.
+    With `capture`, `done` gets the bytes relayed (None when the stream did not finish or outgrew the capture)."""
 
-    def __init__(self, upstream: httpx.Response, done, **kwargs):
-        super().__init__(upstream.aiter_raw(), **kwargs)
-        self._upstream, self._done = upstream, done
+    def __init__(self, upstream: httpx.Response, done, capture: bool = False, **kwargs):
+        super().__init__(self._relay(upstream), **kwargs)
+        self._upstream, self._done, self._captured = upstream, done, [] if capture else None
+        self._size, self._finished = 0, False
+
+    async def _relay(self, upstream: httpx.Response):
+        async for chunk in upstream.aiter_raw():
+            if self._captured is not None:
+                self._captured.append(chunk)
+                self._size += len(chunk)
+                if self._size > MAX_CAPTURE_BYTES:
+                    self._captured = None
+            yield chunk
+        self._finished = True
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self._upstream.aclose()
-            self._done()
+            whole = self._captured is not None and self._finished
+            self._done(b"".join(self._captured) if whole else None)

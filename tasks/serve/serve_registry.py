@@ -9,7 +9,8 @@ alias points at, fetched once into .cache/champion/vN. Every serve.poll_s the al
 `promote` or `rollback` moved it, the new version starts beside the old one, traffic moves once it is healthy, and
 the old one stops after its last request (tasks/serve/swap.py). `--version N` pins a version and does not follow.
 vLLM's Prometheus /metrics go to an MLflow run `serve <name>@<alias>` as time series. A stop signal stops every
-vLLM process group before this exits.
+vLLM process group before this exits. With serve.record, each chat exchange and the POST /v1/feedback on it are
+recorded, scrubbed of PII, as the next training round's data (tasks/serve/recorder.py, tasks/data/feedback.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tasks.common import prometheus
 from tasks.common.vllm_server import ServerError
 from tasks.config import apply_runtime_env, load_config
 from tasks.serve.proxy import Backend, Proxy
+from tasks.serve.recorder import Recorder
 from tasks.serve.swap import swap
 
 # A version that does not come up is tried once more: on the 2-core CPU a server started beside a loaded one stalled
@@ -129,7 +131,8 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):   # set before the start, so a signal during it still stops vLLM
         signal.signal(sig, lambda *_: stop.set())
-    proxy = Proxy(cfg.serve, cfg.vllm.request_timeout_s)
+    recorder = Recorder(cfg.flywheel, cfg.clean.pii) if cfg.serve.record else None
+    proxy = Proxy(cfg.serve, cfg.vllm.request_timeout_s, recorder)
     try:
         proxy.start()
     except OSError as err:
@@ -140,6 +143,9 @@ def main(argv: list[str]) -> int:
         with tracking.serving_run(name, following or f"v{args.version}", {"serve.url": proxy.url}):
             swap(proxy, found, name, cfg.vllm, cfg.serve.drain_timeout_s)
             print(banner(name, wanted, found["version"], proxy.url), flush=True)
+            if recorder:
+                print(f"recording exchanges, scrubbed, to {recorder.live}; feedback: POST {proxy.url}/v1/feedback "
+                      '{"id": "<the answer\'s id>", "rating": 1 | -1, "correction": "..."}', flush=True)
             code = follow(proxy, name, following, cfg, stop)
     except ServerError as err:
         print(err, file=sys.stderr)
@@ -148,6 +154,8 @@ def main(argv: list[str]) -> int:
         proxy.stop()
         if proxy.current:
             proxy.current.server.stop()
+        if recorder:
+            recorder.close()
     if code == 0:
         print("stopped", flush=True)
     return code

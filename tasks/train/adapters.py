@@ -32,17 +32,23 @@ def _four_bit_base(base_model: Path, cfg: TrainConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 
 
-def sft_model(cfg: SftConfig, base_model: Path):
-    """The model to train and the LoraConfig TRL wraps it in (None for full fine-tuning)."""
-    from peft import LoraConfig
+def sft_model(cfg: SftConfig, base_model: Path, init_adapter: Path | None = None):
+    """The model to train and the LoraConfig TRL wraps it in (None for full fine-tuning, and when `init_adapter`, an
+    earlier round's LoRA adapter, is continued: tasks/train/init_from.py)."""
+    from peft import LoraConfig, PeftModel
 
     check_supported(cfg, "sft")
+    if init_adapter is not None and cfg.adapter == "full":
+        raise ValueError("sft.init_from: champion continues the champion's LoRA adapter; with sft.adapter: full there "
+                         "is none to continue. Set init_from: base, or adapter: lora")
     if cfg.adapter == "qlora":
         model = _four_bit_base(base_model, cfg)
     else:
         model = load_model(base_model, trainable=True)
     if cfg.adapter == "full":
         return model, None
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True), None
     return model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=cfg.target_modules, task_type="CAUSAL_LM")
 

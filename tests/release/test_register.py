@@ -181,3 +181,28 @@ def test_a_renamed_or_missing_figure_is_an_error_naming_it_not_a_skipped_gate(st
     with pytest.raises(ValidationError, match="LLM-judged on 2 questions but .*faithfulness"):
         _register(store, judged_without_faithfulness)
     assert int(MlflowClient().get_model_version_by_alias("m", "champion").version) == 1   # nothing registered
+
+
+def test_a_version_keeps_the_adapter_a_round_continues_and_the_report_shows_the_round(store, base_model_dir,
+                                                                                       untrained_adapter):
+    from tasks.paths import Paths
+    from tasks.train.init_from import champion_start
+
+    stages = store / Paths.stage_results
+    stages.mkdir(parents=True)
+    (stages / "ingest.json").write_text(json.dumps({"by_source": {
+        "sharegpt": {"rows_kept": 900}, "rounds": {"rows_kept": 29, "feedback": {"corrected": 25, "liked": 4,
+                                                                                  "disliked": 3}}}}))
+    (stages / "sft.json").write_text(json.dumps({"init_from": "champion v1"}))
+    assert champion_start("m", base_model=base_model_dir, cache=store / "cache") is None   # round one: the base
+    (store / "metrics.json").write_text(json.dumps(GOOD))
+    with mlflow.start_run():
+        register(configured("gates"), "m", store / "model", *(store / name for name in (
+            "metrics.json", "quantize.json", "smoke_test.json", "registration.json", "report.md", "vs_champion.png")),
+            adapter=untrained_adapter, base_model=base_model_dir)
+    start = champion_start("m", base_model=base_model_dir, cache=store / "cache")
+    assert start.version == 1 and (start.adapter / "adapter_model.safetensors").read_bytes() == \
+        (untrained_adapter / "adapter_model.safetensors").read_bytes()
+    assert ("Feedback from serving (`rounds`): 25 corrected, 4 liked, 3 disliked; 29 became training conversations"
+            in (store / "report.md").read_text())
+    assert "SFT started from champion v1" in (store / "report.md").read_text()

@@ -1,0 +1,143 @@
+"""The feedback store: what `make serve` recorded (tasks/serve/recorder.py) and how it becomes the next round's data.
+
+    data/feedback/live/events-*.jsonl     being appended by the serving proxy; no stage reads it
+    data/feedback/rounds/round-NNNN/      closed by `cut`: DVC-tracked (rounds.dvc), an ingest source of kind feedback
+
+Each line is an event, already scrubbed of PII when it was written:
+    {"event": "exchange", "id", "ts", "version", "messages": [...], "reply", "latency_s", "prompt_tokens", ...}
+    {"event": "feedback", "id", "ts", "rating": 1 | -1 | null, "correction": str | null}
+
+Why rounds: a store the proxy appends to would make every request a reason to retrain (DVC hashes a dependency
+whole). `cut` closes the live files into a round only when `flywheel.min_new_rows` rows of feedback are there, so
+the ingest dependency moves once per round, and `retrain-check` says why (`due`).
+
+What becomes training data (`feedback_records`): a corrected reply (the prompt with the user's correction as the
+answer) and a liked reply (+1) are SFT rows; a disliked reply without a correction teaches nothing alone and is
+only counted. The latest feedback on an exchange wins.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from tasks.paths import Paths
+
+EVENTS_GLOB = "events-*.jsonl"
+
+
+def events(folder: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, event, None) for each event in `folder`'s files, in name order (names start with the time);
+    (line, None, reason) for a line that is not an event."""
+    for path in sorted(Path(folder).rglob(EVENTS_GLOB)):
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError as err:
+                    yield number, None, f"not_json: {path.name}:{number}: {err}"
+                    continue
+                ok = isinstance(event, dict) and event.get("event") in ("exchange", "feedback") and event.get("id")
+                yield number, event if ok else None, None if ok else f"not_an_event: {path.name}:{number}"
+
+
+def _kind(feedback: dict) -> str:
+    if feedback.get("correction"):
+        return "corrected"
+    return {1: "liked", -1: "disliked"}.get(feedback.get("rating"), "unrated")
+
+
+def latest_feedback(folder: Path) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
+    """(exchanges by id, the latest feedback by id, the lines that were not events)."""
+    exchanges, feedback, bad = {}, {}, []
+    for _, event, reason in events(folder):
+        if reason:
+            bad.append(reason)
+        elif event["event"] == "exchange":
+            exchanges[event["id"]] = event
+        else:
+            feedback[event["id"]] = event
+    return exchanges, feedback, bad
+
+
+def feedback_records(folder: Path, counts: Counter) -> Iterator[tuple[int | None, object, str | None]]:
+    """Ingest's records from the closed rounds, as (line, record, reason) like every reader (tasks/data/ingest_read.py):
+    a `messages` record per corrected or liked exchange; `counts` gets every feedback row by kind."""
+    exchanges, feedback, bad = latest_feedback(folder)
+    for reason in bad:
+        yield None, None, reason
+    for rid, said in feedback.items():
+        kind = _kind(said)
+        counts[kind] += 1
+        exchange = exchanges.get(rid)
+        if kind not in ("corrected", "liked"):
+            continue
+        if exchange is None:   # the exchange aged out of the live store before its round was cut
+            counts["without_exchange"] += 1
+            continue
+        reply = said["correction"] if kind == "corrected" else exchange.get("reply")
+        yield None, {"id": rid, "messages": [*exchange.get("messages", []), {"role": "assistant", "content": reply}]}, None
+
+
+def pending(live: Path = Paths.feedback_live) -> Counter:
+    """Feedback rows by kind in the live store: what the next `cut` would close into a round."""
+    return Counter(_kind(event) for _, event, _ in events(live) if event and event["event"] == "feedback")
+
+
+def due(min_new_rows: int, live: Path = Paths.feedback_live) -> str:
+    """Why a retrain is due on feedback, in words; '' when fewer than `min_new_rows` rows came since the last round."""
+    counts = pending(live)
+    if counts.total() < min_new_rows:
+        return ""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+    return (f"{live}: {counts.total()} feedback rows since the last round ({kinds}; flywheel.min_new_rows "
+            f"{min_new_rows}): the run cuts them into a round")
+
+
+def cut(min_new_rows: int, force: bool = False, live: Path = Paths.feedback_live,
+        rounds: Path = Paths.feedback_rounds) -> Path | None:
+    """Close the live files into the next round when feedback is due (or `force`); the round's folder, else None.
+
+    A file is moved, not copied: the recorder opens its file for each line, so a line written while this runs lands
+    in the round or in a new live file, never in both and never lost. The rounds folder is then `dvc add`ed, when
+    this is a DVC project and the rounds are in it, so the round is versioned and pushed like every dataset (it holds no raw text)."""
+    files = sorted(Path(live).glob(EVENTS_GLOB))
+    if not files or not (force or due(min_new_rows, live)):
+        return None
+    done = sorted(Path(rounds).glob("round-*"))
+    folder = Path(rounds) / f"round-{int(done[-1].name.split('-')[1]) + 1 if done else 1:04d}"
+    folder.mkdir(parents=True)
+    for path in files:
+        path.rename(folder / path.name)
+    if Path(".dvc").is_dir() and Path(rounds).resolve().is_relative_to(Path.cwd()):
+        from dvc.repo import Repo
+
+        with Repo(".") as repo:
+            repo.add([str(rounds)])
+    return folder
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tasks flywheel [status | cut [--force]]`: the feedback since the last round; close it into one."""
+    import argparse
+
+    from tasks.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m tasks flywheel", description=main.__doc__)
+    parser.add_argument("action", choices=["status", "cut"], nargs="?", default="status")
+    parser.add_argument("--force", action="store_true", help="cut even below flywheel.min_new_rows")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    threshold = load_config(args.params).flywheel.min_new_rows
+    if args.action == "status":
+        counts = pending()
+        print(json.dumps({"feedback_rows": counts.total(), **counts, "min_new_rows": threshold,
+                          "due": bool(due(threshold))}))
+        return 0
+    folder = cut(threshold, args.force)
+    print(f"closed {folder}" if folder else f"nothing cut: {pending().total()} feedback rows since the last round, "
+                                            f"flywheel.min_new_rows is {threshold} (--force cuts anyway)")
+    return 0
