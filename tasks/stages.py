@@ -192,7 +192,7 @@ STAGES = [
     Stage("register", _register, ("gates", "tracking.registered_model", "evaluate.canaries", "runtime.seed"),
           (Paths.metrics, Paths.stage_results / "quantize.json", Paths.stage_results / "reward.json",
            Paths.stage_results / "dpo.json", Paths.smoke_test,
-           Paths.quantized, Paths.clean_report, Paths.dpo_adapter, Paths.base_model),
+           Paths.quantized, Paths.clean_report, Paths.dpo_adapter, Paths.base_model, Paths.sft_test),
           (Out(Paths.registry_report.parent, cache=False),),
           artifacts=(Paths.registry_report, Paths.run_report, Paths.vs_champion_plot), report=Paths.run_report,
           headline=("promoted", "version", "gates_failed", "gates_skipped")),

@@ -66,6 +66,7 @@ class VsChampionConfig(Section):
     """How much worse than the champion a candidate may be. Both are measured in the same evaluate run, on the same
     held-out rows and the same machine, so latency ratios compare like with like."""
     max_ppl_ratio: Ratio                       # candidate served ppl <= champion's x this
+    max_forgetting_ppl_ratio: Ratio            # the same on the champion's own held-out set (tasks/release/next_round.py)
     max_rouge_l_drop: Fraction                 # candidate ROUGE-L >= champion's - this
     max_rag_similarity_drop: Fraction          # RAG answers' semantic similarity to the references, the same way
     max_ttft_ratio: Ratio                      # medians on a shared CPU move by tens of percent between runs

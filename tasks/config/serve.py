@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from tasks.config.section import Port, Positive, Seconds, Section
+from tasks.config.section import Fraction, Port, Positive, Seconds, Section
 
 Scheme = Literal["W8A8", "W4A16", "W4A16-GPTQ", "none"]
 
@@ -53,6 +53,13 @@ class ServeConfig(Section):
     metrics_interval_s: Seconds              # vLLM's /metrics scraped into MLflow time series this often
     cost_per_hour: float = Field(ge=0)         # what the machine costs, for cost per 1M tokens (0 = not logged)
     record: bool                               # each exchange, scrubbed, to data/feedback/live; POST /v1/feedback on
+    compare: Fraction                          # share of chat requests answered by @champion and @challenger (A/B)
+
+    @model_validator(mode="after")
+    def _compare_records(self) -> ServeConfig:
+        if self.compare and not self.record:
+            raise ValueError("serve.compare is an A/B test on recorded traffic: it needs serve.record: true")
+        return self
 
 
 class FlywheelConfig(Section):

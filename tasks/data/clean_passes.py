@@ -83,6 +83,9 @@ def finish(item: tuple[Range, set[str]], *, cfg: CleanConfig, src: str, held_out
         for m in row["messages"]:
             m["content"], n = scrubber.scrub(m["content"])
             found += n
+        if row.get("rejected"):   # a feedback row's worse reply (tasks/data/feedback.py): scrubbed as its replies
+            row["rejected"], n = scrubber.scrub(row["rejected"])
+            found += n
         if found:
             modified.append((row["id"], dict(found)))
         kept.append(row)

@@ -44,14 +44,16 @@ class _Outputs:
         self.good, self.bad, self.canaries = good, bad, canaries
         self.ids, self.planted = set(), []
 
-    def keep(self, rid: str, source: str, messages: list[dict]) -> None:
+    def keep(self, rid: str, source: str, messages: list[dict], rejected: str | None = None) -> None:
+        """`rejected`: a worse reply to the same prompt (feedback), kept beside the row for the pairs stage."""
         if len(self.planted) < len(self.canaries) and len(self.ids) % EVERY_NTH_ROW == 0:
             with_canary = plant(messages, self.canaries[len(self.planted)])
             if with_canary:
                 messages = with_canary
                 self.planted.append(rid)
         self.ids.add(rid)
-        self.good.write(json.dumps({"id": rid, "source": source, "messages": messages}, ensure_ascii=False) + "\n")
+        row = {"id": rid, "source": source, "messages": messages} | ({"rejected": rejected} if rejected else {})
+        self.good.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def quarantine(self, entry: dict) -> None:
         self.bad.write(json.dumps(entry) + "\n")
@@ -81,7 +83,7 @@ def _read_source(source: SourceConfig, records: Iterator, cfg: IngestConfig, out
             out.quarantine({"index": index, "line": line, "id": record_id(record), "reason": reason,
                             "source": source.label, "record" if parsed else "raw": record})
             continue
-        out.keep(rid, source.label, messages)
+        out.keep(rid, source.label, messages, record.get("rejected") if source.kind == "feedback" else None)
         kept += 1
     if rows_in == dropped["blank_line"] and not cfg.allow_empty:     # raised here, nothing is written
         blank = f" (only {rows_in} blank lines)" if rows_in else ""

@@ -10,7 +10,8 @@
 - with `canaries` planted at ingest, whether the served model completes a canary's sentence with its secret;
 - a multiple-choice benchmark through lm-eval for base, SFT, DPO and the served model (tasks/evaluate/benchmark.py);
 - the same served figures for the registry's current champion, measured here, now, on the same rows (`champion`):
-  the register stage refuses a candidate that is worse than what users are served today;
+  the register stage refuses a candidate that is worse than what users are served today; and both models' served
+  ppl on the rows the champion was evaluated on (`ppl.previous_held_out`): what the candidate forgot;
 - last, with the judge (tasks/evaluate/judge.py; by default the base model served here): the candidate against the
   champion (the base before there is one) pairwise, the judge's calibration, and ragas' LLM-judged RAG metrics.
 """
@@ -49,6 +50,7 @@ from tasks.evaluate.judge import Judge, calibrate, judge_all, planted_pairs, win
 from tasks.evaluate.rag import RagSet, held_out_set, judge_llm, judged_scores, rag_eval, user_set
 from tasks.evaluate.reward_judge import reward_judge
 from tasks.paths import Paths
+from tasks.release import next_round
 
 
 def model_quality(base: Path, sft_adapter: Path, dpo_adapter: Path, sft_test: Path, pref_test: Path,
@@ -158,21 +160,23 @@ def timed(times: dict[str, float], part: str) -> Iterator[None]:
 
 def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
                  vllm_cfg: VllmConfig, task_dir: Path, load_out: Path, times: dict[str, float], who: str,
-                 canaries: list[Canary] = ()) -> tuple[dict, dict[str, list[dict]]]:
+                 canaries: list[Canary] = (), previous: list[dict] = ()) -> tuple[dict, dict[str, list[dict]]]:
     """What users get from a served checkpoint: held-out ppl, answers (ROUGE-L), RAG, the benchmark and latency under
     load; returns the scores and the per-example tables (answers, rag, canary_probes), and adds each part's seconds
-    to `times`.
+    to `times`. `previous`: the champion's own held-out rows, whose served ppl is the forgetting check.
     The candidate and the champion both go through here, one after the other (two vLLM servers at once do not fit
     a 2-core CPU)."""
     tokenizer = load_tokenizer(model_dir)
-    batches = reply_batches(tokenizer, test_set)
+    batches, earlier = reply_batches(tokenizer, test_set), reply_batches(tokenizer, list(previous))
     # every held-out row is scored whole, as transformers scores it: the context grows to fit the longest
-    longest = max(len(ids) for ids, _ in batches)
+    longest = max(len(ids) for ids, _ in batches + earlier)
     serve_cfg = vllm_cfg.model_copy(update={"max_model_len": max(vllm_cfg.max_model_len, longest + 1)})
     with VLLMServer(serve_cfg, model_dir) as server:
         times[f"{who}: server start"] = server.startup_s
         with timed(times, f"{who}: served ppl"):
-            ppl = served_perplexity(server, batches, cfg.concurrency)
+            ppl = {"served": round(served_perplexity(server, batches, cfg.concurrency), 4)}
+            if earlier:
+                ppl["previous_held_out"] = round(served_perplexity(server, earlier, cfg.concurrency), 4)
         with timed(times, f"{who}: answers"):
             answers = served_answers(server, test_set, cfg)
         with timed(times, f"{who}: rag"):
@@ -185,7 +189,7 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
                                   load_out)
         with timed(times, f"{who}: canary probes"):
             probes = canary_exposure(server, canaries, cfg.concurrency)
-    scores = {"ppl": {"served": round(ppl, 4)}, "rag": rag, "benchmark": bench,
+    scores = {"ppl": ppl, "rag": rag, "benchmark": bench,
               "benchmark_acc": round(sum(t["acc"] for t in bench.values()) / len(bench), 4),
               "rouge_l": round(sum(a["rouge_l"] for a in answers) / len(answers), 4),
               "serving": {"ttft_median_ms": round(latency["median_ttft_ms"], 1),
@@ -198,17 +202,23 @@ def score_served(model_dir: Path, test_set: list[dict], rag_set: RagSet, cfg: Ev
     return scores, {"answers": answers, "rag": rag_rows, "canary_probes": probes}
 
 
-def score_champion(model_name: str, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
-                   vllm_cfg: VllmConfig, task_dir: Path, answers: list[dict],
-                   times: dict[str, float]) -> tuple[dict, list[dict]] | None:
-    """The registry's champion, served and scored exactly as the candidate was; its answers join the candidate's rows.
-    Returns its scores and RAG rows (for the judge), or None before the first champion (the gates then say so)."""
-    found = tracking.champion(model_name)
+def champion_held_out(found: dict | None) -> list[dict]:
+    """The held-out rows the champion `found` was evaluated on; [] before a champion or when it keeps none."""
+    folder = next_round.fetch(found, next_round.HELD_OUT) if found else None
+    return list(read_jsonl(folder / Paths.sft_test.name)) if folder else []
+
+
+def score_champion(found: dict | None, test_set: list[dict], rag_set: RagSet, cfg: EvaluateConfig,
+                   vllm_cfg: VllmConfig, task_dir: Path, answers: list[dict], times: dict[str, float],
+                   previous: list[dict]) -> tuple[dict, list[dict]] | None:
+    """The registry's champion (`found`), served and scored exactly as the candidate was; its answers join the
+    candidate's rows. Returns its scores and RAG rows (for the judge), or None before the first champion (the gates
+    then say so)."""
     if found is None:
         return None
     model_dir = tracking.fetch_model(found["source"], Paths.champion_cache / f"v{found['version']}")
     scores, tables = score_served(model_dir, test_set, rag_set, cfg, vllm_cfg, task_dir,
-                                  model_dir.parent / "load_test.json", times, "champion")
+                                  model_dir.parent / "load_test.json", times, "champion", previous=previous)
     for row, other in zip(answers, tables["answers"]):
         row |= {"champion_answer": other["answer"], "champion_rouge_l": other["rouge_l"]}
     return {"version": found["version"], **scores}, tables["rag"]
@@ -279,13 +289,15 @@ def evaluate(cfg: EvaluateConfig, vllm_cfg: VllmConfig, model_name: str, canarie
     task_dir = benchmark.write_local_task(test_set, cfg.benchmark, out_dir / "benchmark", seed)
     metrics = model_quality(base, sft_adapter, dpo_adapter, sft_test, pref_test, cfg, task_dir, times)
     rag_set = user_set(cfg.rag) if cfg.rag.documents else held_out_set(test_set, cfg.rag)
+    found = tracking.champion(model_name)
+    previous = champion_held_out(found)
     served, tables = score_served(quantized, test_set, rag_set, cfg, vllm_cfg, task_dir, out_dir / "load_test.json",
-                                  times, "candidate", canaries)
+                                  times, "candidate", canaries, previous)
     metrics["ppl"] |= served.pop("ppl")
     metrics["benchmark"]["served"] = served.pop("benchmark")
     metrics |= served
-    champion, champion_rag = score_champion(model_name, test_set, rag_set, cfg, vllm_cfg, task_dir,
-                                            tables["answers"], times) or (None, [])
+    champion, champion_rag = score_champion(found, test_set, rag_set, cfg, vllm_cfg, task_dir, tables["answers"],
+                                            times, previous) or (None, [])
     if cfg.judge.size or cfg.judge.calibration_size or cfg.judge.ragas_size:
         found = judged(cfg, vllm_cfg, base, test_set, rag_set, tables, champion, champion_rag, seed, times)
         metrics["judge"], metrics["reward_judge"] = found["judge"], found["reward_judge"]
@@ -298,6 +310,7 @@ def evaluate(cfg: EvaluateConfig, vllm_cfg: VllmConfig, model_name: str, canarie
     write_jsonl(out_dir / "answers.jsonl", tables["answers"])
     for name, rows in tables.items():
         tracking.log_table(rows, f"eval/{name}.json")
-    plots.bars(results["ppl"], out_dir / "perplexity.png", "Held-out perplexity by model", "perplexity (lower: better)")
+    plots.bars({k: v for k, v in results["ppl"].items() if v is not None}, out_dir / "perplexity.png",
+               "Held-out perplexity by model", "perplexity (lower: better)")
     write_json(out_dir / Paths.metrics.name, results)
     return results

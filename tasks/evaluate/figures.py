@@ -105,16 +105,18 @@ class Judge(_Figures):
     mean_answer_chars: dict[str, float | None]
 
 
-class Perplexity(_Figures):
+class ServedPerplexity(_Figures):
+    served: float
+    # on the held-out rows the champion was evaluated on (tasks/release/next_round.py): forgetting. None before a
+    # champion, or when it keeps none
+    previous_held_out: float | None = None
+
+
+class Perplexity(ServedPerplexity):
     """Held-out perplexity of the final reply: base, SFT and DPO in transformers, served = the candidate in vLLM."""
     base: float
     sft: float
     dpo: float
-    served: float
-
-
-class ServedPerplexity(_Figures):
-    served: float
 
 
 class Champion(_Figures):
@@ -188,6 +190,7 @@ class Figure:
     better: Literal["lower", "higher"]
     vs_champion: str | None = None         # its tolerance in gates.vs_champion: the candidate may not be worse
     tag: str | None = None                 # the registry version tag that carries it
+    none_means: str = "no score on one side (NaN on every row)"   # why a gate on it is skipped when it is None
 
 
 FIGURES = (
@@ -195,6 +198,8 @@ FIGURES = (
     Figure("ppl.sft", "SFT ppl", "lower"),
     Figure("ppl.dpo", "DPO ppl", "lower"),
     Figure("ppl.served", "served ppl", "lower", "max_ppl_ratio", "eval.ppl_served"),
+    Figure("ppl.previous_held_out", "served ppl on the champion's held-out rows", "lower", "max_forgetting_ppl_ratio",
+           "eval.ppl_previous_held_out", "the champion keeps no held-out set (registered before versions kept it)"),
     Figure("pref_accuracy", "preference accuracy", "higher"),
     Figure("judge.win_rate", "judge win rate", "higher", tag="eval.judge_win_rate"),   # gated on its calibration
     Figure("reward_judge.win_rate", "reward judge win rate", "higher", tag="eval.reward_judge_win_rate"),

@@ -10,23 +10,20 @@ because this is the stage that knows the verdict and why; the stage order it lis
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from tasks import tracking
 from tasks.common import plots
-from tasks.common.adapter_folder import write_adapter_folder
 from tasks.common.jsonl import write_json
-from tasks.common.modeling import is_adapter
 from tasks.common.vllm_server import LOG_DIR
 from tasks.config import GatesConfig
 from tasks.data.canaries import Canary, scan
 from tasks.evaluate.figures import ABSENT, FIGURES, VS_CHAMPION, Evaluation, Judge, MissingFigure, lookup
 from tasks.paths import Paths
+from tasks.release import next_round
 from tasks.release.promote import audit_tags
 from tasks.release.report import run_report, stage_result
-from tasks.train.init_from import ARTIFACT
 
 # where a planted canary must not be: every output but the raw corpus it was planted in (data/ingested and its DVC
 # cache copy), the MLflow store and artifacts, the fetched champion, vLLM's and Prefect's logs and databases
@@ -72,7 +69,7 @@ def compare_with_champion(cfg: GatesConfig, ev: Evaluation) -> list[dict]:
             continue
         name, row = f"{figure.label} vs champion", {"figure": figure.label, "candidate": ours, "champion": theirs}
         if ours is None or theirs is None:
-            rows.append(_skipped(name, "no score on one side (NaN on every row)") | row)
+            rows.append(_skipped(name, figure.none_means) | row)
         elif figure.better == "lower":
             rows.append(_gate(name, ours / theirs, "<=", limit) | row)
         else:
@@ -102,17 +99,6 @@ def eval_summary(ev: Evaluation) -> dict[str, str]:
     return {tag: str(value) for tag, value in found.items() if value is not ABSENT and value is not None}
 
 
-def keep_adapter(adapter: Path, base: Path) -> None:
-    """The LoRA adapter the registered checkpoint was merged from, with its base's md5, on the version's run: what
-    the next round continues (sft.init_from: champion, tasks/train/init_from.py). A whole model (adapter: full) is not
-    kept: it would double each version's size."""
-    if not is_adapter(adapter):
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        write_adapter_folder(adapter, base, Path(tmp) / ARTIFACT)
-        tracking.log_folder(Path(tmp) / ARTIFACT, ARTIFACT)
-
-
 def training_tags() -> dict[str, str]:
     """What made the model, on its registry version: the preference method (`align_method`: dpo, orpo, kto, simpo,
     grpo, rloo) and the reward model's held-out pairwise accuracy."""
@@ -126,7 +112,7 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
              out: Path = Paths.registry_report, report_md: Path = Paths.run_report,
              plot: Path = Paths.vs_champion_plot, stage_order: Sequence[str] = (), canaries: list[Canary] = (),
              scanned: Sequence[Path] = SCANNED, adapter: Path = Paths.dpo_adapter,
-             base_model: Path = Paths.base_model) -> dict:
+             base_model: Path = Paths.base_model, held_out: Path = Paths.sft_test) -> dict:
     ev = Evaluation.model_validate_json(metrics_file.read_text())
     quantization = json.loads(quantize_metrics.read_text())
     smoke = json.loads(smoke_test.read_text())
@@ -161,7 +147,7 @@ def register(cfg: GatesConfig, model_name: str, model_dir: Path = Paths.quantize
         tags |= {"compared_with_champion": str(current["version"])} if current else {}
         if alias == "champion":   # the audit trail `promote`/`rollback` continue; previous_champion: the rollback
             tags |= audit_tags("register", "all gates passed", current and current["version"])
-        keep_adapter(adapter, base_model)
+        next_round.keep(adapter, base_model, held_out)
         result |= tracking.register_model(model_name, model_dir, alias, why, tags)
     write_json(out, result)
     report_md.write_text(run_report(result, ev.model_dump() | {"quantization": quantization}, smoke, stage_order))

@@ -25,7 +25,7 @@ def run_report(result: dict, metrics: dict, smoke: dict, stage_order: Sequence[s
     ppl, serving = metrics["ppl"], metrics["serving"]
     quant = metrics["quantization"]
     lines += ["", "## Model", "", "| model | held-out ppl |", "|---|---:|"]
-    lines += [f"| {k} | {v} |" for k, v in ppl.items()]
+    lines += [f"| {k} | {v} |" for k, v in ppl.items() if v is not None]
     lines += ["", "base/SFT/DPO in transformers (fp32 on a CPU); served = the quantized checkpoint scored by vLLM. "
               f"Quantization, one fp32 forward before and after: {quant['merged_ppl']} -> {quant['quantized_ppl']} "
               f"(x{quant['ppl_ratio']}), {quant['merged_mb']} -> {quant['quantized_mb']} MB."] + variants_table(quant)

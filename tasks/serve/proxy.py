@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tasks.config import ServeConfig
+from tasks.serve import compare
 from tasks.serve.recorder import MAX_CAPTURE_BYTES, Recorder
 
 GENERATING = ("/v1/chat/completions", "/v1/completions")
@@ -41,20 +42,30 @@ class Backend:
     server: object = field(default=None, repr=False)   # the VLLMServer, for whoever stops it after a drain
 
 
+def _too_big(raw: bytes, cfg: ServeConfig) -> str:
+    return f"request body is {len(raw)} bytes; serve.max_request_bytes allows {cfg.max_request_bytes}"
+
+
+def json_object(raw: bytes) -> tuple[str, dict | None]:
+    """('', the body) when `raw` is a JSON object; (why, None) otherwise."""
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as err:
+        return f"request body is not JSON: {err}", None
+    return ("", body) if isinstance(body, dict) else ("request body must be a JSON object", None)
+
+
 def check_caps(path: str, raw: bytes, cfg: ServeConfig) -> tuple[str, dict | None]:
     """('', body to forward) for an acceptable request; (why, None) for one that asks more than `cfg` allows.
 
     A generating request without `max_tokens` gets the cap as its limit: vLLM's default is the whole context."""
     if len(raw) > cfg.max_request_bytes:
-        return (f"request body is {len(raw)} bytes; serve.max_request_bytes allows {cfg.max_request_bytes}", None)
+        return _too_big(raw, cfg), None
     if path not in GENERATING:
         return "", None
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as err:
-        return f"request body is not JSON: {err}", None
-    if not isinstance(body, dict):
-        return "request body must be a JSON object", None
+    why, body = json_object(raw)
+    if why:
+        return why, None
     for key, setting in (("n", "max_n"), ("best_of", "max_n"), ("max_tokens", "max_tokens"),
                          ("max_completion_tokens", "max_tokens")):
         value, cap = body.get(key), getattr(cfg, setting)
@@ -77,6 +88,7 @@ class Proxy:
     def __init__(self, cfg: ServeConfig, request_timeout_s: float = 600, recorder: Recorder | None = None):
         self.cfg, self.recorder = cfg, recorder
         self.current: Backend | None = None
+        self.challenger: Backend | None = None   # serve.compare's second version (tasks/serve/compare.py)
         self._lock = threading.Lock()        # switch() runs in the caller's thread, requests in uvicorn's loop
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout_s, connect=10),
                                          limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
@@ -137,6 +149,16 @@ class Proxy:
                 backend.in_flight += 1
             return backend
 
+    def _acquire_pair(self) -> list[Backend] | None:
+        """The champion and the challenger, both counted in flight; None when there is no challenger to compare."""
+        with self._lock:
+            pair = [self.current, self.challenger]
+            if None in pair:
+                return None
+            for backend in pair:
+                backend.in_flight += 1
+            return pair
+
     @staticmethod
     def _release(backend: Backend) -> None:
         backend.in_flight -= 1
@@ -163,6 +185,9 @@ class Proxy:
         why, body = check_caps(path, raw, self.cfg) if request.method == "POST" else ("", None)
         if why:
             return _error(413 if "bytes" in why else 400, why)
+        if self.recorder and compare.wanted(self.cfg.compare, path, body) and (pair := self._acquire_pair()):
+            return await compare.answer_both(self._client, pair, body, self.recorder,
+                                             request.headers.get(compare.BOTH) == "both", self._release)
         backend = self._acquire()
         if backend is None:
             return _error(503, "no model is being served yet", "unavailable")
@@ -200,13 +225,21 @@ class Proxy:
 
     async def _feedback(self, request: Request) -> Response:
         """POST /v1/feedback {"id": an answer's id, "rating": 1 | -1, "correction": "the reply it should have
-        given"}: one or both. Recorded, scrubbed, beside the exchange (tasks/serve/recorder.py)."""
+        given"}: one or both; or {"id": a compare id, "chosen": the id of the answer picked}. Recorded, scrubbed,
+        beside the exchange (tasks/serve/recorder.py)."""
         if self.recorder is None:
             return _error(404, "feedback is recorded only while serving with serve.record: true in params.yaml")
         raw = await request.body()
         why, body = check_feedback(raw, self.cfg)
         if why:
             return _error(413 if "bytes" in why else 400, why)
+        if "chosen" in body:
+            status, why = compare.check_pick(body, self.recorder)
+            if status:
+                return _error(status, why, "not_found_error" if status == 404 else "invalid_request_error")
+            other = next(a for a in self.recorder.compares[body["id"]] if a != body["chosen"])
+            self.recorder.feedback(body["chosen"], None, None, picked_over=other)
+            return JSONResponse({"id": body["id"], "chosen": body["chosen"], "recorded": True})
         if body["id"] not in self.recorder.known:
             return _error(404, f"no recorded answer has id {body['id']!r}: quote the `id` of an answer this server "
                                "gave while recording", "not_found_error")
@@ -216,19 +249,19 @@ class Proxy:
 
 def check_feedback(raw: bytes, cfg: ServeConfig) -> tuple[str, dict | None]:
     """('', the feedback) when `raw` is one; (why, None) otherwise, as check_caps answers for chat requests."""
-    if len(raw) > cfg.max_request_bytes:
-        return (f"request body is {len(raw)} bytes; serve.max_request_bytes allows {cfg.max_request_bytes}", None)
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as err:
-        return f"request body is not JSON: {err}", None
-    if not isinstance(body, dict):
-        return "request body must be a JSON object", None
-    if unknown := sorted(set(body) - {"id", "rating", "correction"}):
-        return f"unknown key(s) {unknown}: feedback is id with rating (1 or -1) and/or correction (text)", None
+    why, body = (_too_big(raw, cfg), None) if len(raw) > cfg.max_request_bytes else json_object(raw)
+    if why:
+        return why, None
+    if unknown := sorted(set(body) - {"id", "rating", "correction", "chosen"}):
+        return (f"unknown key(s) {unknown}: feedback is id with rating (1 or -1) and/or correction (text), or a "
+                "compare id with the chosen answer's id", None)
     if not isinstance(body.get("id"), str) or not body["id"] or len(body["id"]) > 256:
         return "id must be the `id` of an answer this server gave (a non-empty string)", None
     rating, correction = body.get("rating"), body.get("correction")
+    if "chosen" in body:
+        if not isinstance(body["chosen"], str) or rating is not None or correction is not None:
+            return "chosen is the id of the answer picked (a string), sent alone with the compare id", None
+        return "", body
     if rating is not None and (isinstance(rating, bool) or rating not in (1, -1)):
         return f"rating must be 1 or -1, not {rating!r}", None
     if correction is not None and (not isinstance(correction, str) or not correction.strip()):

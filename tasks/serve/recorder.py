@@ -72,28 +72,42 @@ class Recorder:
     def __init__(self, cfg: FlywheelConfig, pii: PiiConfig, live: Path = Paths.feedback_live):
         self.cfg, self.live, self.scrubber = cfg, Path(live), Scrubber(pii)
         self.live.mkdir(parents=True, exist_ok=True)
-        # ids recorded, now or before a restart: feedback on any other id is a 404
-        self.known: set[str] = {e["id"] for _, e, _ in events(self.live.parent) if e and e["event"] == "exchange"}
+        # ids recorded, now or before a restart: feedback on any other id is a 404; compare id -> its two answers
+        self.known: set[str] = set()
+        self.compares: dict[str, list[str]] = {}
+        for _, event, _ in events(self.live.parent):
+            if event and event["event"] == "exchange":
+                self._remember(event["id"], event.get("compare"))
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._file: Path | None = None
         self.written = 0
         self._thread = threading.Thread(target=self._write_loop, name="serve-recorder", daemon=True)
         self._thread.start()
 
-    def exchange(self, request: dict, raw_answer: bytes, version: int, latency_s: float) -> str | None:
-        """Queue one exchange (a chat completion request and the answer's bytes); its id, or None if not recorded."""
+    def exchange(self, request: dict, raw_answer: bytes, version: int, latency_s: float,
+                 compare: str | None = None) -> str | None:
+        """Queue one exchange (a chat completion request and the answer's bytes; `compare`: the id of the A/B pair
+        it is one answer of, tasks/serve/compare.py); its id, or None if not recorded."""
         answer = parse_answer(raw_answer)
         messages = request.get("messages")
         if answer is None or not isinstance(messages, list):
             return None
-        self.known.add(answer["id"])
+        self._remember(answer["id"], compare)
         self._put({"event": "exchange", "id": answer["id"], "version": version, "latency_s": round(latency_s, 3),
                    "messages": [{"role": str(m.get("role")), "content": text_of(m.get("content"))}
-                                for m in messages if isinstance(m, dict)], **answer})
+                                for m in messages if isinstance(m, dict)], **answer}
+                  | ({"compare": compare} if compare else {}))
         return answer["id"]
 
-    def feedback(self, rid: str, rating: int | None, correction: str | None) -> None:
-        self._put({"event": "feedback", "id": rid, "rating": rating, "correction": correction})
+    def _remember(self, rid: str, compare: str | None) -> None:
+        self.known.add(rid)
+        if compare:
+            self.compares.setdefault(compare, []).append(rid)
+
+    def feedback(self, rid: str, rating: int | None, correction: str | None, picked_over: str | None = None) -> None:
+        """Feedback on answer `rid`; `picked_over`: the other answer of its A/B pair, which the user liked less."""
+        self._put({"event": "feedback", "id": rid, "rating": rating, "correction": correction}
+                  | ({"picked_over": picked_over} if picked_over else {}))
 
     def _put(self, event: dict) -> None:
         try:

@@ -26,7 +26,7 @@ from tasks.common.vllm_server import ServerError
 from tasks.config import apply_runtime_env, load_config
 from tasks.serve.proxy import Backend, Proxy
 from tasks.serve.recorder import Recorder
-from tasks.serve.swap import swap
+from tasks.serve.swap import follow_challenger, retire, swap
 
 # A version that does not come up is tried once more: on the 2-core CPU a server started beside a loaded one stalled
 # before its engine started in 1 of 3 runs of the swap test, even on its own core; the old one serves meanwhile.
@@ -94,17 +94,45 @@ def follow(proxy: Proxy, name: str, alias: str, cfg, stop: threading.Event) -> i
             print(f"registry lookup failed ({type(err).__name__}: {err}); still serving version {backend.version}",
                   file=sys.stderr)
             continue
-        if found is None or found["version"] == backend.version or tries.get(found["version"], 0) >= START_ATTEMPTS:
-            continue
-        print(f"@{alias} moved: version {backend.version} -> {found['version']}", flush=True)
-        try:
-            swap(proxy, found, name, cfg.vllm, cfg.serve.drain_timeout_s)
-        except ServerError as err:
-            tries[found["version"]] = tries.get(found["version"], 0) + 1
-            again = "trying once more" if tries[found["version"]] < START_ATTEMPTS else "not trying again"
-            print(f"version {found['version']} did not start ({again}); still serving version {backend.version}:"
-                  f"\n{err}", file=sys.stderr, flush=True)
+        moved = found is not None and found["version"] != backend.version
+        if moved and tries.get(found["version"], 0) < START_ATTEMPTS:
+            print(f"@{alias} moved: version {backend.version} -> {found['version']}", flush=True)
+            try:
+                swap(proxy, found, name, cfg.vllm, cfg.serve.drain_timeout_s,
+                     started=_promoted(proxy, found, name, cfg))
+            except ServerError as err:
+                tries[found["version"]] = tries.get(found["version"], 0) + 1
+                again = "trying once more" if tries[found["version"]] < START_ATTEMPTS else "not trying again"
+                print(f"version {found['version']} did not start ({again}); still serving version {backend.version}:"
+                      f"\n{err}", file=sys.stderr, flush=True)
+        _compare(proxy, name, cfg)
     return 0
+
+
+def _promoted(proxy: Proxy, found: dict, name: str, cfg) -> Backend | None:
+    """The A/B challenger's backend when it is the version promoted (it takes the traffic as it is); else None, and
+    a challenger still compared is stopped first, so the new version gets its cores."""
+    challenger = proxy.challenger
+    if challenger and challenger.version == found["version"]:
+        proxy.challenger = None
+        return challenger
+    if challenger:
+        retire(proxy, challenger, name, cfg.serve.drain_timeout_s)
+    return None
+
+
+def _compare(proxy: Proxy, name: str, cfg) -> None:
+    """serve.compare: keep the second version on @challenger (a version other than the champion's)."""
+    if not cfg.serve.compare:
+        return
+    try:
+        found = tracking.champion(name, "challenger")
+        follow_challenger(proxy, found if found and found["version"] != proxy.current.version else None, name,
+                          cfg.vllm, cfg.serve.drain_timeout_s)
+    except ServerError as err:
+        print(f"@challenger did not start; serving @champion alone:\n{err}", file=sys.stderr, flush=True)
+    except Exception as err:   # noqa: BLE001 -- a registry outage must not stop serving
+        print(f"registry lookup failed ({type(err).__name__}: {err}); comparing as before", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -142,6 +170,8 @@ def main(argv: list[str]) -> int:
     try:
         with tracking.serving_run(name, following or f"v{args.version}", {"serve.url": proxy.url}):
             swap(proxy, found, name, cfg.vllm, cfg.serve.drain_timeout_s)
+            if following:
+                _compare(proxy, name, cfg)
             print(banner(name, wanted, found["version"], proxy.url), flush=True)
             if recorder:
                 print(f"recording exchanges, scrubbed, to {recorder.live}; feedback: POST {proxy.url}/v1/feedback "
@@ -152,8 +182,9 @@ def main(argv: list[str]) -> int:
         code = 1
     finally:
         proxy.stop()
-        if proxy.current:
-            proxy.current.server.stop()
+        for backend in (proxy.current, proxy.challenger):
+            if backend:
+                backend.server.stop()
         if recorder:
             recorder.close()
     if code == 0:

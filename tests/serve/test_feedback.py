@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from tasks.config import load_config
-from tasks.data.feedback import cut, due, feedback_records, pending
+from tasks.data.feedback import cut, due, feedback_records, pending, picks_by_version
 from tasks.serve.proxy import Proxy
 from tasks.serve.recorder import Recorder, parse_answer
 from tests.conftest import ROOT, configured
@@ -67,7 +67,7 @@ def test_no_pii_reaches_disk_and_rounds_become_sft_rows(tmp_path):
     assert rows["a"][-1]["content"] == "Use sorted()."
     assert EMAIL not in rows["a"][0]["content"] and rows["a"][0]["content"].endswith("how do I sort a list?")
     assert rows["b"][-1]["content"] == "Use slicing: s[::-1]." and rows["d"][-1]["content"] == "Seven."
-    assert "c" not in rows and counts == Counter(liked=1, corrected=2, disliked=1)
+    assert "c" not in rows and counts == Counter(liked=1, corrected=2, disliked=1, pairs=2)
 
 
 def test_live_files_rotate_and_the_oldest_go_past_retention_and_the_size_cap(tmp_path):
@@ -113,6 +113,9 @@ def post(url: str, body) -> tuple[int, str]:
     ([1, 2], 400, "JSON object"),
     (b"{not json", 400, "not JSON"),
     ({"id": "chatcmpl-known", "correction": "x" * 300_000}, 413, "max_request_bytes"),
+    ({"id": "cmp-nope", "chosen": "chatcmpl-known"}, 404, "no compared request"),
+    ({"id": "cmp-x", "chosen": 5}, 400, "chosen is the id"),
+    ({"id": "cmp-x", "chosen": "chatcmpl-known", "rating": 1}, 400, "chosen is the id"),
 ])
 def test_feedback_the_proxy_cannot_record_is_refused_saying_why(proxy, body, status, said):
     server, recorder = proxy
@@ -139,3 +142,22 @@ def test_without_recording_feedback_is_a_404_that_says_how_to_turn_it_on():
     finally:
         server.stop()
     assert code == 404 and "serve.record: true" in said
+
+
+def test_an_ab_pick_is_a_pair_and_a_win_for_its_version(tmp_path):
+    live, rounds = tmp_path / "live", tmp_path / "rounds"
+    recorder = Recorder(CFG.flywheel, CFG.clean.pii, live)
+    ask = {"messages": [{"role": "user", "content": "Name a prime."}]}
+    recorder.exchange(ask, answer("a1", "Four."), 1, 0.1, compare="cmp-1")
+    recorder.exchange(ask, answer("a2", "Seven."), 2, 0.1, compare="cmp-1")
+    assert recorder.compares == {"cmp-1": ["a1", "a2"]}
+    recorder.feedback("a2", None, None, picked_over="a1")
+    recorder.close()
+    assert Recorder(CFG.flywheel, CFG.clean.pii, live).compares == {"cmp-1": ["a1", "a2"]}   # after a restart too
+    assert picks_by_version(tmp_path) == Counter(v2=1)
+    cut(1, live=live, rounds=rounds)
+    counts = Counter()
+    rows = [r for _, r, _ in feedback_records(rounds, counts)]
+    assert rows == [{"id": "a2", "messages": [*ask["messages"], {"role": "assistant", "content": "Seven."}],
+                     "rejected": "Four."}]
+    assert counts == Counter(picked=1, picked_v2=1, pairs=1)

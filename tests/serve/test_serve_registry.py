@@ -53,6 +53,15 @@ def serve(project, *args) -> subprocess.Popen:
                             preexec_fn=die_with_parent)
 
 
+def read_until(proc: subprocess.Popen, prefix: str, said: list[str]) -> str:
+    """`make serve`'s output lines, appended to `said`, up to the one that starts with `prefix` ('' if it exited)."""
+    for line in proc.stdout:
+        said.append(line)
+        if line.startswith(prefix):
+            return line
+    return ""
+
+
 def test_nothing_registered_says_what_to_do(project):
     proc = serve(project)
     _, err = proc.communicate(timeout=300)
@@ -68,6 +77,18 @@ def other_model(base_model_dir, tmp_path_factory):
         return (t.float() + 0.3 * t.float().std() * torch.randn(t.shape, generator=gen)).to(t.dtype)
 
     return noisy_copy(base_model_dir, tmp_path_factory.mktemp("other") / "model", "model.safetensors", ".mlp.", noise)
+
+
+def two_versions(project, model_v1, model_v2, **serve_settings) -> tuple[int, int]:
+    """`make serve`'s settings (a free port, a 1 s poll, `serve_settings`); version 1 @champion and version 2
+    @challenger with its gates passed (promotable)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["serve"] |= {"port": 0, "poll_s": 1, **serve_settings}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    v1 = registered(project, model_v1)["version"]
+    with mlflow.start_run():
+        v2 = tracking.register_model(NAME, model_v2, "challenger", "test", tags={"gates": "passed"})["version"]
+    return v1, v2
 
 
 def chat(url: str, **extra) -> tuple[int, str, str]:
@@ -127,19 +148,10 @@ def cli(project, *args) -> subprocess.CompletedProcess:
 def test_serve_follows_promote_and_rollback_under_load_without_a_failed_request(project, base_model_dir, other_model,
                                                                                  monkeypatch):
     monkeypatch.chdir(project)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["serve"] |= {"port": 0, "poll_s": 1, "metrics_interval_s": 2}
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    v1 = registered(project, base_model_dir)["version"]
-    with mlflow.start_run():
-        v2 = tracking.register_model(NAME, other_model, "challenger", "test", tags={"gates": "passed"})["version"]
+    v1, v2 = two_versions(project, base_model_dir, other_model, metrics_interval_s=2)
     proc = serve(project)
     lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("serving"):
-            break
-    assert lines and lines[-1].startswith(f"serving {NAME} version {v1} (@champion)"), \
+    assert read_until(proc, "serving", lines).startswith(f"serving {NAME} version {v1} (@champion)"), \
         "".join(lines) + proc.stderr.read()
     url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", lines[-1]).group(1)
     assert "curl" in next(proc.stdout)
@@ -264,3 +276,54 @@ def test_a_taken_port_is_a_one_line_error(project, base_model_dir, monkeypatch):
         proc = serve(project, "--port", str(busy.getsockname()[1]))
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "is in use" in err and "Traceback" not in err
+
+
+def post_json(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def test_compare_answers_with_both_versions_records_the_pick_and_promoting_the_challenger_starts_nothing(
+        project, base_model_dir, other_model, monkeypatch):
+    """serve.compare: every chat goes to @champion and @challenger (a second server beside); `x-compare: both`
+    returns both answers, a pick is recorded and counted as the challenger's win, a plain request gets one of
+    the two; promoting the challenger moves traffic to its running server at once."""
+    monkeypatch.chdir(project)
+    v1, v2 = two_versions(project, base_model_dir, other_model, record=True, compare=1.0)
+    proc = serve(project)
+    said = []
+    read_until(proc, "serving", said)
+    assert f"comparing version {v1} with @challenger version {v2} (serve.compare)\n" in said, \
+        "".join(said) + proc.stderr.read()
+    url = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", said[-1]).group(1)
+    try:
+        ask = {"model": NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+               "max_tokens": 12, "temperature": 0}
+        status, both, headers = post_json(f"{url}/v1/chat/completions", ask, {"x-compare": "both"})
+        assert status == 200 and both["object"] == "chat.completion.compare", both
+        answers = {a["model_version"]: a for a in both["answers"]}
+        assert set(answers) == {v1, v2} and answers[v1]["choices"][0]["message"]["content"] != \
+            answers[v2]["choices"][0]["message"]["content"]
+        feedback = f"{url}/v1/feedback"
+        assert post_json(feedback, {"id": both["id"], "chosen": "chatcmpl-other"})[0] == 400
+        assert post_json(feedback, {"id": "cmp-unknown", "chosen": answers[v2]["id"]})[0] == 404
+        assert post_json(feedback, {"id": both["id"], "chosen": answers[v2]["id"]})[0] == 200
+        status, one, headers = post_json(f"{url}/v1/chat/completions", ask)
+        assert status == 200 and one["object"] == "chat.completion" and headers["x-compare-id"].startswith("cmp-")
+        assert int(headers["x-model-version"]) in (v1, v2)
+        moved = cli(project, "promote", str(v2), "--reason", "won the A/B test")
+        assert moved.returncode == 0, moved.stderr
+        healthy = read_until(proc, f"version {v2} healthy after", said)
+        assert float(healthy.split(" after ")[1].split(" s")[0]) < 2 and f"starting version {v2}" not in "".join(said)
+        status, after, headers = post_json(f"{url}/v1/chat/completions", ask)
+        assert status == 200 and headers["x-model-version"] == str(v2) and "x-compare-id" not in headers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    status = json.loads(cli(project, "flywheel").stdout)
+    assert status["ab_picks_won"] == {f"v{v2}": 1} and status["picked"] == 1

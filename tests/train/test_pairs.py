@@ -67,3 +67,21 @@ def test_users_own_pairs_replace_the_sampled_ones(base_model_dir, untrained_adap
     write_jsonl(bad, [{"prompt": [], "chosen": []}])
     with pytest.raises(ValueError, match=r"rows \[0\] lack prompt, chosen or rejected"):
         pairs_of(configured("pairs", user_pairs=str(bad)), 0, base_model_dir, untrained_adapter, prompts, tmp_path / "bad")
+
+
+def test_pairs_served_users_made_are_kept_and_only_the_others_sampled(base_model_dir, untrained_adapter, prompts,
+                                                                      tmp_path):
+    mixed = tmp_path / "prompts"
+    mixed.mkdir()
+    train = list(read_jsonl(prompts / "train.jsonl"))
+    train[1]["rejected"] = [{"role": "assistant", "content": "No idea. " + LONG}]   # a correction replaced this reply
+    write_jsonl(mixed / "train.jsonl", train)
+    write_jsonl(mixed / "test.jsonl", list(read_jsonl(prompts / "test.jsonl")))
+    cfg = configured("pairs", max_tokens=24, batch_size=4)
+    metrics, pairs = pairs_of(cfg, 0, base_model_dir, untrained_adapter, mixed, tmp_path / "out")
+    _, sampled = pairs_of(cfg, 0, base_model_dir, untrained_adapter, prompts, tmp_path / "all")
+    assert metrics["from_feedback"] == 1 and metrics["source"] == "sft model"
+    assert pairs[1]["rejected"][0]["content"].startswith("No idea. Paris is")            # the user's, on the budget
+    assert len(pairs[1]["rejected"][0]["content"]) < len("No idea. " + LONG)
+    assert all(p["rejected"][0]["content"].strip() for p in pairs)                       # the others sampled
+    assert sampled[1]["rejected"] != pairs[1]["rejected"]
