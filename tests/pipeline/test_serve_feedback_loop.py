@@ -69,7 +69,8 @@ def test_served_feedback_becomes_a_gated_round_that_serve_swaps_to(project, wors
     params["flywheel"]["min_new_rows"] = 30
     # the flywheel as README's "Closing the loop" sets it up: the feedback rounds as a source beside the corpus (its
     # replay share), each round continuing the champion; and the allowances a team sets for a round that is meant to
-    # change the answers' style (each is still a forgetting check against the champion, on the same rows)
+    # change the answers' style (each is still a check against the champion, on the same rows). RAG similarity: 4
+    # questions of 16 tokens, 4 of them now the phrase; it moved +0.38 and -0.29 in two runs of this test
     params["ingest"]["sources"] = [{"path": "sharegpt-package", "weight": 0.5},
                                    {"path": "data/feedback/rounds", "kind": "feedback", "weight": 0.5}]
     params["sft"] |= {"init_from": "champion", "learning_rate": 3e-3, "max_steps": 24, "per_device_batch_size": 2}
@@ -77,8 +78,8 @@ def test_served_feedback_becomes_a_gated_round_that_serve_swaps_to(project, wors
     params["datasets"]["sft_train_size"] = 32
     # the judges cost this round ~3 min and decide nothing here (the small judge is not calibrated: shown, not gated)
     params["evaluate"]["judge"] |= {"size": 0, "calibration_size": 0, "ragas_size": 0}
-    params["gates"]["vs_champion"] |= {"max_ppl_ratio": 1.15, "max_rouge_l_drop": 0.1,
-                                       "max_rag_similarity_drop": 0.1, "max_benchmark_acc_drop": 0.25}
+    params["gates"]["vs_champion"] |= {"max_ppl_ratio": 1.15, "max_forgetting_ppl_ratio": 1.15, "max_rouge_l_drop": 0.1,
+                                       "max_rag_similarity_drop": 0.4, "max_benchmark_acc_drop": 0.25}
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     assert cli(proj, "dvc-yaml").returncode == 0
     assert "feedback rows" not in cli(proj, "retrain-check").stdout
