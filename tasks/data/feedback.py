@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from tasks.data.ingest_read import _jsonl_records
 from tasks.paths import Paths
 
 EVENTS_GLOB = "events-*.jsonl"
@@ -30,19 +31,15 @@ EVENTS_GLOB = "events-*.jsonl"
 
 def events(folder: Path) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, event, None) for each event in `folder`'s files, in name order (names start with the time);
-    (line, None, reason) for a line that is not an event."""
+    (line, None, reason) for a line that is not one. Lines are read by ingest's own JSONL reader (BOM, bad UTF-8 and
+    NUL bytes handled as for any source); blank lines are skipped."""
     for path in sorted(Path(folder).rglob(EVENTS_GLOB)):
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError as err:
-                    yield number, None, f"not_json: {path.name}:{number}: {err}"
-                    continue
-                ok = isinstance(event, dict) and event.get("event") in ("exchange", "feedback") and event.get("id")
-                yield number, event if ok else None, None if ok else f"not_an_event: {path.name}:{number}"
+        for number, event, reason in _jsonl_records(path):
+            if reason == "blank_line":
+                continue
+            ok = reason is None and isinstance(event, dict) and event.get("event") in ("exchange", "feedback") \
+                and event.get("id")
+            yield number, event if ok else None, None if ok else f"{reason or 'not_an_event'}: {path.name}:{number}"
 
 
 def _kind(feedback: dict) -> str:
@@ -165,7 +162,7 @@ def main(argv: list[str]) -> int:
     if args.action == "status":
         counts, picks = pending(), picks_by_version()
         print(json.dumps({"feedback_rows": counts.total(), **counts, "min_new_rows": threshold,
-                          "due": bool(due(threshold)), "ab_picks_won": dict(picks),
+                          "due": counts.total() >= threshold, "ab_picks_won": dict(picks),
                           "ab_win_rate": {v: round(n / picks.total(), 3) for v, n in picks.items()}}))
         return 0
     folder = cut(threshold, args.force)

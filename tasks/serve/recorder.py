@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -121,14 +122,13 @@ class Recorder:
         self._thread.join(timeout_s)
 
     def _scrubbed(self, event: dict) -> dict:
-        found = {}
+        found = Counter()
 
         def scrub(text: str | None) -> str | None:
             if not text:
                 return text
             clean, counts = self.scrubber.scrub(text)
-            for kind, n in counts.items():
-                found[kind] = found.get(kind, 0) + n
+            found.update(counts)
             return clean
 
         for message in event.get("messages", []):
@@ -136,7 +136,7 @@ class Recorder:
         for key in ("reply", "correction"):
             if key in event:
                 event[key] = scrub(event[key])
-        return {**event, "pii_scrubbed": found}
+        return {**event, "pii_scrubbed": dict(found)}
 
     def _write_loop(self) -> None:
         while (event := self._queue.get()) is not None:
