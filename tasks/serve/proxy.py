@@ -203,6 +203,7 @@ class Proxy:
         if body is not None:
             headers["content-type"] = "application/json"
         url = f"{backend.url}{path}" + (f"?{request.url.query}" if request.url.query else "")
+        started = time.monotonic()   # the recorded latency: from sending to the last byte relayed
         try:
             upstream = await self._client.send(self._client.build_request(request.method, url, content=content,
                                                                           headers=headers), stream=True)
@@ -214,7 +215,6 @@ class Proxy:
         out_headers["x-model-version"] = str(backend.version)
         record = (self.recorder is not None and path == "/v1/chat/completions" and body is not None
                   and upstream.status_code == 200 and "content-encoding" not in upstream.headers)
-        started = time.monotonic()
 
         def done(answer: bytes | None) -> None:
             self._release(backend)
