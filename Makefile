@@ -17,7 +17,7 @@ test: setup       ## the test suite (installs Debian's chromium and postgresql f
 	bash infra/system_deps.sh
 	python -m pytest -q tests
 
-bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio, toxicity on a labelled set (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min), int8 weights/activations/SmoothQuant vs the merged model (~4 min, after make pipeline), reward model/GRPO/RLOO vs DPO per step (~5 min), serve.record's cost vs vLLM's serving rate (~10 s)
+bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs presidio, toxicity on a labelled set (~1 min), serving: vLLM vs HF generate (1,000 requests, ~25 min), int8 weights/activations/SmoothQuant vs the merged model (~4 min, after make pipeline), reward model/GRPO/RLOO vs DPO per step (~5 min), serve.record's cost vs vLLM's serving rate (~10 s), clean at 1x-64x the corpus (~45 min, ~17 GB of disk)
 	python -m benchmarks.dedup
 	python -m benchmarks.pii
 	python -m benchmarks.toxicity
@@ -25,6 +25,7 @@ bench: setup      ## each against its baseline: near-dedup vs datasketch, PII vs
 	python -m benchmarks.quantization
 	python -m benchmarks.align_cost
 	python -m benchmarks.record_overhead
+	python -m benchmarks.scale
 
 serve: setup      ## the registry's @champion at 127.0.0.1:8000, following promote/rollback, until Ctrl-C (ARGS="--version 3", "--alias challenger", "--port 9000")
 	python -m tasks serve $(ARGS)

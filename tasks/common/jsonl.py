@@ -9,6 +9,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
 from tasks.common.processes import process_started
 
 
@@ -19,15 +22,25 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+def open_binary(url: str | Path):
+    """A file by path or fsspec URL, for reading bytes; local files through the built-in open (fsspec's local
+    wrapper reads lines 4x slower)."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return open(path, "rb") if isinstance(fs, LocalFileSystem) else fs.open(path, "rb")
+
+
 def byte_ranges(path: str | Path, chunk_bytes: int) -> list[tuple[int, int]]:
-    """[start, end) byte ranges that cover the file; a line belongs to the range its first byte falls in, so
-    ranges can be read independently (by different processes or machines) without a pass to find line ends."""
-    size = os.path.getsize(path)
+    """[start, end) byte ranges that cover the file (a path or an fsspec URL); a line belongs to the range its first
+    byte falls in, so ranges can be read independently (by different processes or machines) without a pass to find
+    line ends."""
+    fs, local = fsspec.core.url_to_fs(str(path))
+    size = fs.size(local)
     return [(start, min(start + chunk_bytes, size)) for start in range(0, size, chunk_bytes)]
 
 
 def read_jsonl_range(path: str | Path, start: int, end: int) -> Iterator[dict]:
-    with open(path, "rb") as f:
+    """The rows of one byte range (byte_ranges) of a file given by path or fsspec URL."""
+    with open_binary(path) as f:
         if start:
             f.seek(start - 1)
             f.readline()              # the line straddling `start` belongs to the previous range
@@ -51,8 +64,19 @@ def temp_name(path: Path) -> Path:
 @contextmanager
 def atomic_writer(path: str | Path, mode: str = "w"):
     """`open(path, mode)` whose content appears at `path` only when the block ends without an error; on an error the
-    temp file is removed (a kill -9 leaves it to `sweep_temp` at the next start)."""
-    path = Path(path)
+    temp file is removed (a kill -9 leaves it to `sweep_temp` at the next start). `path` may be an fsspec URL."""
+    fs, local = fsspec.core.url_to_fs(str(path))
+    if not isinstance(fs, LocalFileSystem):
+        tmp = f"{local}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            with fs.open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
+            fs.mv(tmp, local)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        return
+    path = Path(local)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:

@@ -158,11 +158,14 @@ class PiiConfig(Section):
 
 
 class ExecutorConfig(Section):
-    """Where the per-chunk work (filters, fingerprints, signatures, PII) runs; the global steps run in the driver."""
+    """Where the clean stage's tasks run: the per-range passes (filters, fingerprints, signatures, PII) and the
+    partitioned global steps (exact dedup, LSH buckets, verification); the driver only joins their small results."""
     kind: Literal["local", "dask"]
     workers: int = Field(ge=1)                 # processes here (local), or LocalCluster workers (dask, no address)
     address: str | None                        # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
     chunk_mb: float = Field(gt=0)              # input bytes per task: bounds memory, the corpus is streamed
+    partitions: int = Field(ge=1)              # shares of the fingerprints and LSH buckets: one task each
+    scratch: str                               # the workers' shared folder (path or fsspec URL); "" = the temp dir
 
 
 class ToxicityConfig(FilterSection):

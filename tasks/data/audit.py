@@ -1,7 +1,8 @@
 """The clean stage's exclusion file (datatrove-style) and the counts the report takes from it.
 
 One line per dropped or modified row: its id, the stage and the reason, and the figures behind them (counts and
-scores, never raw text). The reason each row was dropped is kept by id too, for the counts by source.
+scores, never raw text). Drops are counted by source and reason too, for the report's counts by source: nothing
+is kept per row, so the driver's memory does not grow with the corpus.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import TextIO
 class Audit:
     def __init__(self, f: TextIO):
         self.f, self.dropped, self.pii, self.rows_scrubbed, self.rows_trimmed = f, Counter(), Counter(), 0, 0
-        self.drops: dict[str, str] = {}
+        self.by_source: dict[str, Counter] = {}
 
-    def drop(self, row_id: str, stage: str, reason: str, **detail) -> None:
+    def drop(self, row_id: str, source: str, stage: str, reason: str, **detail) -> None:
         self.dropped[reason] += 1
-        self.drops[row_id] = reason
+        self.by_source.setdefault(source, Counter())[reason] += 1
         self._write(row_id, "dropped", stage, reason, detail)
 
     def trimmed(self, row_id: str, turns: int) -> None:

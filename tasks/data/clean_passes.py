@@ -1,22 +1,30 @@
 """The clean stage's work on one byte range of the corpus, run on the executor's workers: scan, fetch, finish.
 
 Each pass reads its range again (the corpus is streamed, never held in memory) through `read`, so all three see the
-same rows. What comes back to the driver is small: verdicts, fingerprints, signatures, candidates' shingle sets,
-held-out texts, and the kept rows of one range at a time.
+same rows. A row is named by its ref, `range index << 32 | position in the range`: an int that sorts in corpus order.
+What the global steps need from every row (fingerprints, LSH band keys) goes to the scratch folder, partitioned
+(tasks/data/clean_dedup.py reads it); what comes back to the driver is small: counts, the filters' drops, and the kept
+rows of one range at a time.
 """
 from __future__ import annotations
 
+import os
+import resource
+import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 
+import numpy as np
+
 from tasks.common.jsonl import read_jsonl_range
 from tasks.config import CleanConfig
-from tasks.data import dedup
+from tasks.data import dedup, scratch
 from tasks.data.decontaminate import Decontaminator, conversation_text
 from tasks.data.filters import chain
 from tasks.data.filters.base import CorpusFilter, Filter
 from tasks.data.filters.quality import trim_leading_replies
-from tasks.data.minhash import ShingleHasher, chunk_signatures, shingle_sets
+from tasks.data.minhash import ShingleHasher, band_keys, bands_for, chunk_signatures, shingle_sets
 from tasks.data.pii import Scrubber
 from tasks.data.split import in_test_split
 
@@ -26,6 +34,16 @@ UNNAMED = "unnamed"        # the source of a row that names none (a corpus not w
 
 def source(row: dict) -> str:
     return row.get("source", UNNAMED)
+
+
+def ref(c: int, position: int) -> int:
+    return c << 32 | position
+
+
+def usage(cpu_start: float) -> dict:
+    """What a task cost the process that ran it, for the report's CPU seconds and peak memory per process."""
+    return {"cpu_s": time.process_time() - cpu_start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 1024, "process": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def read(src: str, byte_range: Range, cfg: CleanConfig) -> Iterator[tuple[dict, int]]:
@@ -39,45 +57,86 @@ def read(src: str, byte_range: Range, cfg: CleanConfig) -> Iterator[tuple[dict, 
         yield row, trimmed
 
 
-def scan(byte_range: Range, *, cfg: CleanConfig, src: str, filters: list[Filter | CorpusFilter]) -> dict:
-    """The filters in config order (filters/chain.py); every row's source; for the rows they keep, an exact-dedup
-    fingerprint, a MinHash signature and the length."""
+def _kept(work: str, c: int, byte_range: Range, cfg: CleanConfig, src: str, gone: set[int]) -> Iterator[tuple]:
+    """(ref, row) of the range's rows that the scan's filters kept and no global step dropped (`gone`)."""
+    kept = set(scratch.get(f"{work}/kept/{c:06d}").tolist())
+    for position, (row, _) in enumerate(read(src, byte_range, cfg)):
+        if position in kept and ref(c, position) not in gone:
+            yield ref(c, position), row
+
+
+def scan(item: tuple[int, Range], *, cfg: CleanConfig, src: str, filters: list[Filter | CorpusFilter], work: str,
+         partitions: int) -> dict:
+    """The filters in config order (filters/chain.py). For the rows they keep: the positions, and by partition the
+    exact-dedup fingerprints and the LSH band keys (their MinHash signatures banded), written to `work`. Back to the
+    driver: rows per source, trimmed rows, the filters' verdicts and the sources of the rows they judged."""
+    clock, (c, byte_range) = time.process_time(), item
     rows, trimmed = [], []
     for row, n_trimmed in read(src, byte_range, cfg):
         rows.append(row)
         if n_trimmed:
             trimmed.append((row["id"], n_trimmed))
     verdicts = chain.run(filters, [r["id"] for r in rows], [r["messages"] for r in rows])
-    kept = [rows[i] for i in verdicts.kept]
-    texts = [conversation_text(row["messages"]) for row in kept]
-    return {"rows": len(rows), "sources": {row["id"]: source(row) for row in rows}, "trimmed": trimmed,
-            "verdicts": verdicts, "ids": [row["id"] for row in kept],
-            "fingerprints": [dedup.fingerprint(t) for t in texts], "lengths": [len(t) for t in texts],
-            "signatures": chunk_signatures(texts, ShingleHasher.configured(cfg.near_dedup), cfg.near_dedup.num_perm)}
+    kept = np.array(verdicts.kept, np.int64)
+    scratch.put(f"{work}/kept/{c:06d}", kept)
+    texts = [conversation_text(rows[i]["messages"]) for i in verdicts.kept]
+    refs = (c << 32) | kept
+    fingerprints = [dedup.fingerprint(t) for t in texts]
+    by_fp = np.array([int(fp[:8], 16) % partitions for fp in fingerprints], np.int64)
+    for p in range(partitions):
+        mine = np.flatnonzero(by_fp == p).tolist()
+        scratch.put(f"{work}/exact/{p:03d}/{c:06d}", {
+            "fingerprint": [fingerprints[k] for k in mine], "ref": refs[mine],
+            "id": [rows[verdicts.kept[k]]["id"] for k in mine], "source": [source(rows[verdicts.kept[k]]) for k in mine]})
+    bands, width = bands_for(cfg.near_dedup.threshold, cfg.near_dedup.num_perm)
+    keys = band_keys(chunk_signatures(texts, ShingleHasher.configured(cfg.near_dedup), cfg.near_dedup.num_perm),
+                     bands, width)
+    band, doc = np.repeat(np.arange(bands), len(keys)), np.tile(np.arange(len(keys)), bands)
+    key = keys.T.ravel()                                       # band-major, as band and doc
+    by_key = (key % np.uint64(partitions)).astype(np.int64)
+    for p in range(partitions):
+        mine = by_key == p
+        scratch.put(f"{work}/bands/{p:03d}/{c:06d}", {"band": band[mine].astype(np.int16), "key": key[mine],
+                                                     "ref": refs[doc[mine]]})
+    judged = {row_id for drops in verdicts.dropped.values() for row_id, _ in drops}
+    judged |= {row_id for scores in verdicts.scored.values() for row_id, _ in scores}
+    return {"rows": Counter(map(source, rows)), "trimmed": trimmed, "verdicts": verdicts._replace(kept=[]),
+            "source_of": {row["id"]: source(row) for row in rows if row["id"] in judged}, "usage": usage(clock)}
 
 
-def fetch(item: tuple[Range, set[str], set[str]], *, cfg: CleanConfig, src: str) -> tuple[dict, dict]:
-    """The shingle sets of the near-dup candidates in this range, and the texts of its held-out rows."""
-    byte_range, want_shingles, want_texts = item
-    texts = {row["id"]: conversation_text(row["messages"]) for row, _ in read(src, byte_range, cfg)
-             if row["id"] in want_shingles or row["id"] in want_texts}
-    ids = [i for i in texts if i in want_shingles]
-    sets = shingle_sets([texts[i] for i in ids], ShingleHasher.configured(cfg.near_dedup))
-    return dict(zip(ids, sets)), {i: t for i, t in texts.items() if i in want_texts}
+def fetch(item: tuple[int, Range, set[int], set[int]], *, cfg: CleanConfig, src: str, work: str,
+          held_out_fraction: float) -> dict:
+    """Written to `work`: the shingle sets of the range's near-dup candidates (with id, length and source, for the
+    verification), and the texts of its held-out rows that the filters and exact dedup kept (for the
+    decontamination index)."""
+    clock, (c, byte_range, want, gone) = time.process_time(), item
+    candidates, held_out = [], []
+    for row_ref, row in _kept(work, c, byte_range, cfg, src, gone):
+        if row_ref in want:
+            candidates.append((row_ref, row))
+        if cfg.decontamination.held_out and in_test_split(row["id"], held_out_fraction):
+            held_out.append((row_ref, conversation_text(row["messages"])))
+    texts = [conversation_text(row["messages"]) for _, row in candidates]
+    sets = shingle_sets(texts, ShingleHasher.configured(cfg.near_dedup))
+    scratch.put(f"{work}/shingles/{c:06d}", {row_ref: (s, row["id"], len(t), source(row))
+                                             for (row_ref, row), s, t in zip(candidates, sets, texts)})
+    if cfg.decontamination.held_out:
+        scratch.put(f"{work}/held_out/{c:06d}", held_out)
+    return {"held_out": len(held_out), "usage": usage(clock)}
 
 
-def finish(item: tuple[Range, set[str]], *, cfg: CleanConfig, src: str, held_out_fraction: float,
-           decontaminator: Decontaminator | None) -> dict:
-    """The range's rows that no step dropped: training rows decontaminated, then PII scrubbed in every kept row."""
-    byte_range, drop = item
+def finish(item: tuple[int, Range, set[int]], *, cfg: CleanConfig, src: str, work: str, held_out_fraction: float,
+           index: str | None) -> dict:
+    """The range's rows that no step dropped: training rows decontaminated (the index `decontamination_index`
+    wrote, loaded once per worker), then PII scrubbed in every kept row."""
+    clock, (c, byte_range, gone) = time.process_time(), item
+    decontaminator: Decontaminator | None = scratch.get_cached(index) if index else None
     scrubber, kept, dropped, modified = Scrubber(cfg.pii), [], [], []
-    for row, _ in read(src, byte_range, cfg):
-        if row["id"] in drop:
-            continue
+    for _, row in _kept(work, c, byte_range, cfg, src, gone):
         if decontaminator and not in_test_split(row["id"], held_out_fraction):
             score = decontaminator.containment(conversation_text(row["messages"]))
             if score >= cfg.decontamination.min_containment:
-                dropped.append((row["id"], "contaminated", {"containment": round(score, 4)}))
+                dropped.append((row["id"], source(row), "contaminated", {"containment": round(score, 4)}))
                 continue
         found: Counter = Counter()
         for m in row["messages"]:
@@ -89,4 +148,4 @@ def finish(item: tuple[Range, set[str]], *, cfg: CleanConfig, src: str, held_out
         if found:
             modified.append((row["id"], dict(found)))
         kept.append(row)
-    return {"kept": kept, "dropped": dropped, "modified": modified}
+    return {"kept": kept, "dropped": dropped, "modified": modified, "usage": usage(clock)}

@@ -13,31 +13,30 @@ from tasks.data.filters.toxicity import described
 from tasks.data.minhash import NearDupResult
 
 
-def summary(cfg: CleanConfig, log: Audit, near: NearDupResult, *, rows_in: int, kept: Counter,
-            source_of: dict[str, str], eval_examples: int, chunks: int, seconds: dict[str, float]) -> dict:
-    """report.json's numbers, from the rows kept by source and every row's source; raises unless rows_in = rows_kept
-    + sum(dropped_by_reason), in all and for each source."""
-    counts = {"rows_in": rows_in, "rows_kept": kept.total(), "rows_dropped": sum(log.dropped.values()),
+def summary(cfg: CleanConfig, log: Audit, near: NearDupResult, *, rows_in: Counter, kept: Counter,
+            eval_examples: int, chunks: int, seconds: dict[str, float], cpu_seconds: dict[str, float],
+            processes: dict[str, dict]) -> dict:
+    """report.json's numbers, from the rows read and kept by source; raises unless rows_in = rows_kept +
+    sum(dropped_by_reason), in all and for each source."""
+    counts = {"rows_in": rows_in.total(), "rows_kept": kept.total(), "rows_dropped": sum(log.dropped.values()),
               "dropped_by_reason": dict(log.dropped), "rows_leading_replies_trimmed": log.rows_trimmed,
               "rows_pii_scrubbed": log.rows_scrubbed,
               "pii_by_type": dict(log.pii), "near_dup_candidate_pairs": len(near.candidate_jaccards),
               "near_dup_clusters": len(near.cluster_sizes), "decontamination_eval_examples": eval_examples,
               "toxicity": described(cfg.toxicity) if "toxicity" in cfg.filters else "off",
               "executor": f"{cfg.executor.kind} x{cfg.executor.workers}", "chunks": chunks,
-              "seconds": {k: round(v, 2) for k, v in seconds.items()},
-              "by_source": by_source(source_of, log.drops, kept)}
+              "seconds": {k: round(v, 2) for k, v in seconds.items()}, "cpu_seconds": {k: round(v, 2) for k, v in cpu_seconds.items()},
+              "processes": processes,
+              "by_source": by_source(rows_in, log.by_source, kept)}
     if counts["rows_in"] != counts["rows_kept"] + counts["rows_dropped"]:
         raise AssertionError(f"clean counts do not reconcile: {counts}")
     return counts
 
 
-def by_source(source_of: dict[str, str], drops: dict[str, str], kept: Counter) -> dict[str, dict]:
-    """Each source's rows_in, rows_kept, rows_dropped and dropped_by_reason, in corpus order, from every row's source
-    (`source_of`), the reason each dropped row was dropped and the rows written; raises unless each reconciles."""
-    rows_in = Counter(source_of.values())
-    reasons = {name: Counter() for name in rows_in}
-    for row_id, reason in drops.items():
-        reasons[source_of[row_id]][reason] += 1
+def by_source(rows_in: Counter, drops: dict[str, Counter], kept: Counter) -> dict[str, dict]:
+    """Each source's rows_in, rows_kept, rows_dropped and dropped_by_reason, in corpus order, from the rows read, the
+    drops by source and reason, and the rows written; raises unless each reconciles."""
+    reasons = {name: drops.get(name, Counter()) for name in rows_in}
     counts = {name: {"rows_in": rows_in[name], "rows_kept": kept[name], "rows_dropped": reasons[name].total(),
                      "dropped_by_reason": dict(reasons[name])} for name in rows_in}
     for name, part in counts.items():
@@ -80,5 +79,8 @@ def _markdown(c: dict, filters: list[str]) -> str:
                    f"{c['near_dup_clusters']} clusters."),
               f"Decontamination against {c['decontamination_eval_examples']} evaluation examples.",
               f"Ran on {c['executor']} in {c['chunks']} chunks: "
-              + ", ".join(f"{k} {v} s" for k, v in c["seconds"].items()) + ".", ""]
+              + ", ".join(f"{k} {v} s" for k, v in c["seconds"].items()) + " (wall); "
+              + ", ".join(f"{k} {v} s" for k, v in c["cpu_seconds"].items()) + " (CPU, all processes).",
+              "Peak memory: " + ", ".join(f"{name} {p['peak_rss_mb']} MB" for name, p in c["processes"].items()) + ".",
+              ""]
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Where per-chunk work runs: in this process, in worker processes on this machine, or on a Dask cluster.
 
 One small interface, `map(fn, items, **shared)`, results in order, so the cleaning code is the same on a laptop and
-on a cluster. `shared` holds the large read-only inputs every task needs (the decontamination index, the config):
+on a cluster. `shared` holds the read-only inputs every task of a step needs (the config, the rows dropped so far):
 Dask ships them to each worker once (scatter, broadcast); local processes get them with each task, which is cheap
-next to the work. Local workers come from a forkserver, not fork, because the stage runs inside processes that hold
+next to the work. Larger results pass between steps through the scratch folder (tasks/data/scratch.py). A task may
+run twice (Dask reruns a lost worker's tasks elsewhere): every task writes its results atomically and the same each
+time. Local workers come from a forkserver, not fork, because the stage runs inside processes that hold
 threads (MLflow, Prefect) and forking those can deadlock. Workers die with the stage: local ones by the kernel's
 parent-death signal (tasks/common/processes.py), Dask's by its nanny's parent-alive pipe.
 """
@@ -50,7 +52,8 @@ class _Dask:
     def map(self, fn: Callable, items: Iterable, **shared) -> Iterator:
         # hash=False: a fresh key per call. With content keys the config scattered again by the next pass shares
         # its key with this pass's copy, and releasing one cancels the other's tasks ("lost dependencies").
-        shared = {k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
+        # In a list: scatter splits a list, set or dict into one future per element; each value is one object here.
+        shared = {k: self.client.scatter([v], broadcast=True, hash=False)[0] for k, v in shared.items()}
         futures = self.client.map(fn, list(items), pure=False, **shared)
         for future in futures:          # in order, each as soon as it is done: the driver streams the results
             yield future.result()

@@ -191,26 +191,41 @@ def bands_for(threshold: float, num_perm: int) -> tuple[int, int]:
     return _optimal_param(threshold, num_perm, 0.2, 0.8)
 
 
-def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = 64) -> set[tuple[int, int]]:
-    """Pairs of documents that share at least one band. A bucket of up to `max_bucket` members yields all its pairs;
-    a larger one (a big cluster of copies) pairs each member with its first, which still links the whole cluster."""
-    pairs: set[tuple[int, int]] = set()
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(documents, bands) uint64: each band's `rows` signature values hashed into one bucket key."""
     weights = mix(np.arange(1, rows + 1, dtype=np.uint64))
+    keys = np.empty((len(sig), bands), np.uint64)
     for band in range(bands):
         block = sig[:, band * rows:(band + 1) * rows].astype(np.uint64)
         with np.errstate(over="ignore"):
-            keys = mix((block * weights).sum(axis=1, dtype=np.uint64))
-        order = np.argsort(keys, kind="stable")
-        bounds = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1], True])
-        for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            if stop - start < 2:
-                continue
-            members = sorted(order[start:stop].tolist())
-            if len(members) <= max_bucket:
-                pairs.update(itertools.combinations(members, 2))
-            else:
-                pairs.update((members[0], m) for m in members[1:])
+            keys[:, band] = mix((block * weights).sum(axis=1, dtype=np.uint64))
+    return keys
+
+
+def bucket_pairs(band: np.ndarray, key: np.ndarray, doc: np.ndarray, max_bucket: int = 64) -> set[tuple[int, int]]:
+    """Pairs of documents that share a bucket (the same key in the same band), from one entry per (document, band):
+    any subset of the entries whose buckets are whole, so a partition of the buckets can be paired on its own. A
+    bucket of up to `max_bucket` members yields all its pairs; a larger one (a big cluster of copies) pairs each
+    member with its first, which still links the whole cluster. Pairs are (smaller doc, larger doc)."""
+    order = np.lexsort((doc, key, band))
+    band, key, doc = band[order], key[order], doc[order]
+    bounds = np.flatnonzero(np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1]), True])
+    shared = np.diff(bounds) >= 2
+    pairs: set[tuple[int, int]] = set()
+    for start, stop in zip(bounds[:-1][shared].tolist(), bounds[1:][shared].tolist()):
+        members = doc[start:stop].tolist()
+        if len(members) <= max_bucket:
+            pairs.update(itertools.combinations(members, 2))
+        else:
+            pairs.update((members[0], m) for m in members[1:])
     return pairs
+
+
+def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = 64) -> set[tuple[int, int]]:
+    """Pairs of documents (row indices of `sig`) that share at least one band's bucket, in memory."""
+    n = len(sig)
+    return bucket_pairs(np.repeat(np.arange(bands), n), band_keys(sig, bands, rows).T.ravel(),
+                        np.tile(np.arange(n), bands), max_bucket)
 
 
 def byte_chunks(texts: Sequence[str], max_chars: int = 1 << 21) -> list[tuple[int, int]]:
@@ -249,10 +264,17 @@ class NearDupResult:
     cluster_sizes: list[int]             # size of every cluster of two or more near-duplicates
 
 
-def verify_and_cluster(pairs: set[tuple[int, int]], shingle_set: Callable[[int], np.ndarray], threshold: float,
-                       keep_key: Callable[[int], tuple]) -> NearDupResult:
-    """Exact Jaccard on every candidate pair, union-find over the pairs at or above `threshold`, and in each cluster
-    keep the member with the largest `keep_key` (the policy: longest, first, ...)."""
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard of two sorted unique shingle-hash arrays."""
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)
+
+
+def cluster(edges: list[tuple[int, int, float]], keep_key: Callable[[int], tuple]
+            ) -> tuple[list[tuple[int, int, float]], list[int]]:
+    """Union-find over the verified edges (a, b, Jaccard at or above the threshold); in each cluster the member with
+    the largest `keep_key` (the policy: longest, first, ...) stays. (dropped, kept, the best Jaccard that linked the
+    dropped one) sorted, and every cluster's size."""
     parent: dict[int, int] = {}
 
     def root(i: int) -> int:
@@ -262,15 +284,10 @@ def verify_and_cluster(pairs: set[tuple[int, int]], shingle_set: Callable[[int],
             i = parent[i]
         return i
 
-    sims, link = [], {}
-    for a, b in sorted(pairs):
-        sa, sb = shingle_set(a), shingle_set(b)
-        inter = np.intersect1d(sa, sb, assume_unique=True).size
-        sim = inter / (sa.size + sb.size - inter)
-        sims.append(sim)
-        if sim >= threshold:
-            parent[root(b)] = root(a)
-            link[a], link[b] = max(link.get(a, 0.0), sim), max(link.get(b, 0.0), sim)
+    link: dict[int, float] = {}
+    for a, b, sim in edges:
+        parent[root(b)] = root(a)
+        link[a], link[b] = max(link.get(a, 0.0), sim), max(link.get(b, 0.0), sim)
     clusters: dict[int, list[int]] = {}
     for i in list(parent):
         clusters.setdefault(root(i), []).append(i)
@@ -280,7 +297,15 @@ def verify_and_cluster(pairs: set[tuple[int, int]], shingle_set: Callable[[int],
             keep = max(members, key=keep_key)
             sizes.append(len(members))
             drop += [(k, keep, link[k]) for k in members if k != keep]
-    return NearDupResult(sorted(drop), sims, sizes)
+    return sorted(drop), sizes
+
+
+def verify_and_cluster(pairs: set[tuple[int, int]], shingle_set: Callable[[int], np.ndarray], threshold: float,
+                       keep_key: Callable[[int], tuple]) -> NearDupResult:
+    """Exact Jaccard on every candidate pair, then `cluster` over the pairs at or above `threshold`."""
+    sims = [(a, b, jaccard(shingle_set(a), shingle_set(b))) for a, b in sorted(pairs)]
+    drop, sizes = cluster([e for e in sims if e[2] >= threshold], keep_key)
+    return NearDupResult(drop, [sim for _, _, sim in sims], sizes)
 
 
 def find_near_duplicates(texts: Sequence[str], cfg: NearDedupConfig) -> NearDupResult:

@@ -187,10 +187,13 @@ def _prometheus(seen: dict) -> str:
 
 
 def variants_table(quant: dict) -> list[str]:
-    """Each quantization measured (quantize.compare, quantize.gguf) beside the served one, against the merged model."""
+    """Each quantization measured (quantize.compare, quantize.gguf) beside the served one, against the merged model;
+    where none was, where to switch them on (off by default: they cost most of the stage and none is served)."""
     variants = quant.get("variants", {})
     if len(variants) < 2:
-        return []
+        return ["", "Other quantizations were not measured. To compare them with the served one in this table, set "
+                "`quantize.compare: [W4A16, W4A16-GPTQ]` and `quantize.gguf: Q8_0` (a GGUF file for llama.cpp) in "
+                "params.yaml: about 3 minutes more on a 2-core CPU."]
     rows = [f"| {name}{' (served)' if name == quant.get('scheme') else ''} | {v['mb']} | {v['size_ratio']} | "
             f"{v['ppl']} | x{v['ppl_ratio']} |" for name, v in sorted(variants.items(), key=lambda kv: kv[1]["mb"])]
     return ["", "| quantization | MB | of merged | held-out ppl | vs merged |", "|---|---:|---:|---:|---:|",

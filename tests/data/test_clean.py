@@ -4,7 +4,6 @@ import pytest
 
 from tasks.common.jsonl import byte_ranges, read_jsonl, read_jsonl_range, write_jsonl
 from tasks.data.clean import clean
-from tasks.data.ingest import ingest
 from tasks.data.split import in_test_split
 from tests.conftest import configured, conversation
 
@@ -101,14 +100,6 @@ def test_byte_ranges_read_every_line_once(tmp_path):
         assert got == rows, chunk
 
 
-@pytest.fixture(scope="module")
-def sharegpt_sample(tmp_path_factory):
-    """1,500 real ShareGPT conversations: natural duplicates, PII and several languages."""
-    d = tmp_path_factory.mktemp("sample")
-    ingest(configured("ingest", max_records=1500), d / "conv.jsonl", d / "quarantine.jsonl", d / "report.json")
-    return d / "conv.jsonl"
-
-
 @pytest.mark.parametrize("executor", [{"kind": "local", "workers": 2}, {"kind": "dask", "workers": 2}],
                          ids=["local-processes", "dask-local-cluster"])
 def test_multi_process_and_dask_runs_match_the_inline_run(tmp_path, sharegpt_sample, executor):
@@ -121,10 +112,12 @@ def test_multi_process_and_dask_runs_match_the_inline_run(tmp_path, sharegpt_sam
     assert counts["chunks"] > 4 and counts["rows_in"] == counts["rows_kept"] + counts["rows_dropped"]
     assert counts["dropped_by_reason"]["exact_duplicate"] > 0 and counts["pii_by_type"]
     assert other[0]["executor"] == f"{executor['kind']} x2"
-    assert {k: v for k, v in other[0].items() if k not in ("executor", "seconds")} == \
-           {k: v for k, v in counts.items() if k not in ("executor", "seconds")}
+    costs = ("executor", "seconds", "cpu_seconds", "processes")
+    assert {k: v for k, v in other[0].items() if k not in costs} == {k: v for k, v in counts.items() if k not in costs}
     assert (tmp_path / "other/out.jsonl").read_bytes() == (tmp_path / "inline/out.jsonl").read_bytes()
-    assert sorted(map(json.dumps, other[2])) == sorted(map(json.dumps, inline[2]))
+    assert other[2] == inline[2]             # the audit too, line for line
+    assert len([name for name in other[0]["processes"] if name.startswith("worker")]) == 2
+    assert list(inline[0]["processes"]) == ["driver"]      # inline: the tasks ran in the driver
 
 
 def test_an_empty_corpus_gives_an_empty_reconciled_report(tmp_path):

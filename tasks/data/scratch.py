@@ -1,0 +1,74 @@
+"""Where the clean stage's workers leave their intermediate results for each other: an fsspec folder.
+
+The driver never holds a per-row table. Each step's tasks write what the next step needs here (fingerprints by
+partition, LSH band keys by partition, candidates' shingle sets, held-out texts, the decontamination index), and the
+next step's tasks read it back; only what is proportional to the duplicates found travels through the driver. A local
+folder serves one machine; a URL every worker can reach (s3://, gs://, a shared mount) serves a cluster.
+
+Writes go to a temp name renamed into place, so a task that dies mid-write (a killed worker) leaves nothing a rerun of
+that task could mistake for its result. Objects are pickles: the folder is this run's own, read only by its workers.
+"""
+from __future__ import annotations
+
+import functools
+import pickle
+import secrets
+import uuid
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from tasks.common.jsonl import TEMP_SUFFIX
+
+
+class Scratch:
+    """One run's folder under `root` (a path or an fsspec URL); `remove` deletes it."""
+
+    def __init__(self, root: str):
+        self.fs, base = fsspec.core.url_to_fs(root)
+        self.url = f"{root.rstrip('/')}/clean-{uuid.uuid4().hex[:12]}"
+        self.path = f"{base.rstrip('/')}/{self.url.rsplit('/', 1)[1]}"
+        self.fs.makedirs(self.path, exist_ok=True)
+
+    def remove(self) -> None:
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+
+
+def _split(url: str):
+    return fsspec.core.url_to_fs(url)
+
+
+def put(url: str, obj) -> None:
+    """Pickle `obj` to `url`, atomically."""
+    fs, path = _split(url)
+    tmp = f"{path}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+    fs.mv(tmp, path)
+
+
+def get(url: str):
+    fs, path = _split(url)
+    with fs.open(path, "rb") as f:
+        return pickle.load(f)
+
+
+@functools.lru_cache(maxsize=32)
+def get_cached(url: str):
+    """`get`, remembered in this worker process: the verification tasks of one run read the same ranges' shingle
+    sets, and every finish task the same decontamination index. Keys are unique to a run's folder."""
+    return get(url)
+
+
+def reachable(src: str, scratch: Scratch) -> str:
+    """`src` where the workers can read it: itself, unless it is on the driver's disk and the scratch folder is not
+    (a remote cluster cannot read the driver's disk): then a copy in the scratch folder, streamed."""
+    if not isinstance(_split(src)[0], LocalFileSystem) or isinstance(scratch.fs, LocalFileSystem):
+        return src
+    dest = f"{scratch.url}/input.jsonl"
+    with fsspec.open(src, "rb") as f_in, fsspec.open(dest, "wb") as f_out:
+        while block := f_in.read(1 << 24):
+            f_out.write(block)
+    return dest
