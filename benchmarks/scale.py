@@ -9,7 +9,8 @@ so their drops do not grow with k: the table shows drops by reason.) Duplicates 
 every copy, after its rows: exact copies, and near copies with one word of a 200-word-or-longer row replaced by
 another of its length (Jaccard >= 0.95). Checked at every size:
 - recall: planted rows dropped as duplicates / planted rows no filter dropped;
-- precision: the duplicate drops that are planted, or a copy of a row that 1x dropped as a duplicate, over all.
+- precision: the duplicate drops whose kept twin is in the same copy, over all (a row read as a duplicate of a row
+  of another copy would be a false one: every drop is verified by exact Jaccard, so this is what could go wrong).
 Each size is cleaned in its own process (`--one`), so the driver's peak RSS is that run's; the clean report gives
 wall and CPU seconds per step and every worker's peak RSS. Growth exponents are the least-squares slopes of log time
 and log driver memory against log rows.
@@ -20,6 +21,7 @@ and log driver memory against log rows.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import re
@@ -58,7 +60,7 @@ def cipher(copy: int) -> dict[int, int]:
     return table
 
 
-def _near_copy(row: dict, rng: random.Random) -> dict | None:
+def _near_copy(row: dict) -> dict | None:
     """The row with one word of its longest message replaced by another of the same length, or None if the row is
     shorter than NEAR_MIN_WORDS words (one changed word then keeps Jaccard of 5-gram shingles >= 0.95)."""
     if sum(len(m["content"].split()) for m in row["messages"]) < NEAR_MIN_WORDS:
@@ -84,15 +86,11 @@ def build(base: list[dict], k: int, path: Path) -> dict[str, str]:
             rows = [{**row, "id": f"x{copy}/{row['id']}",
                      "messages": [{**m, "content": m["content"].translate(table)} for m in row["messages"]]}
                     for row in base]
-            plants = []
-            for i in rng.sample(range(len(rows)), int(PLANT_RATE * len(rows))):
-                plants.append(({**rows[i], "id": f"x{copy}/exact/{i}"}, "exact"))
-            for i in rng.sample(range(len(rows)), len(rows)):
-                if sum(kind == "near" for _, kind in plants) >= int(PLANT_RATE * len(rows)):
-                    break
-                near = _near_copy(rows[i], rng)
-                if near:
-                    plants.append(({**near, "id": f"x{copy}/near/{i}"}, "near"))
+            each = int(PLANT_RATE * len(rows))
+            plants = [({**rows[i], "id": f"x{copy}/exact/{i}"}, "exact") for i in rng.sample(range(len(rows)), each)]
+            near = ((i, _near_copy(rows[i])) for i in rng.sample(range(len(rows)), len(rows)))
+            plants += [({**row, "id": f"x{copy}/near/{i}"}, "near")
+                       for i, row in itertools.islice(((i, row) for i, row in near if row), each)]
             for row in rows + [p for p, _ in plants]:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             planted.update({p["id"]: kind for p, kind in plants})
@@ -110,24 +108,21 @@ def run_one(corpus: Path, out: Path, workers: int) -> dict:
                  out / "report.md", out / "plots", held_out_fraction=cfg.datasets.test_fraction)
 
 
-def dedup_drops(audit: Path) -> set[str]:
-    return {e["id"] for e in read_jsonl(audit) if e["action"] == "dropped" and e["stage"] in ("exact_dedup",
-                                                                                             "near_dedup")}
-
-
-def filtered(audit: Path) -> set[str]:
-    return {e["id"] for e in read_jsonl(audit) if e["action"] == "dropped" and e["stage"] not in ("exact_dedup",
-                                                                                                 "near_dedup")}
-
-
-def check(audit: Path, planted: dict[str, str], base_dups: set[str]) -> dict:
-    """Recall of the planted duplicates and precision of all duplicate drops (module docstring)."""
-    drops, gone = dedup_drops(audit), filtered(audit)
-    live = [p for p in planted if p not in gone]
-    found = sum(p in drops for p in live)
-    explained = sum(d in planted or d.split("/", 1)[1] in base_dups for d in drops)
+def check(audit: Path, planted: dict[str, str]) -> dict:
+    """Recall: planted rows dropped as duplicates, of those no filter dropped. Precision: duplicate drops whose kept
+    twin is in the same copy, of all (a copy of the corpus read as a duplicate of another would be a false one)."""
+    dups, filtered = {}, set()
+    for e in read_jsonl(audit):
+        if e["action"] == "dropped":
+            if e["stage"] in ("exact_dedup", "near_dedup"):
+                dups[e["id"]] = e["duplicate_of"]
+            else:
+                filtered.add(e["id"])
+    live = [p for p in planted if p not in filtered]
+    found = sum(p in dups for p in live)
+    same_copy = sum(row.split("/", 1)[0] == twin.split("/", 1)[0] for row, twin in dups.items())
     return {"planted": len(live), "planted_found": found, "recall": round(found / max(len(live), 1), 4),
-            "duplicate_drops": len(drops), "precision": round(explained / max(len(drops), 1), 4)}
+            "duplicate_drops": len(dups), "precision": round(same_copy / max(len(dups), 1), 4)}
 
 
 def slope(x: list[float], y: list[float]) -> float:
@@ -149,7 +144,7 @@ def main() -> None:
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="scale-"))
     base = _base(work, args.base_rows)
-    rows, base_dups = [], None
+    rows = []
     for k in sorted(args.sizes):
         corpus, out = work / f"corpus-{k}x.jsonl", work / f"out-{k}x"
         planted = build(base, k, corpus)
@@ -159,10 +154,7 @@ def main() -> None:
         line = [x for x in done.stdout.splitlines() if x.startswith("SCALE-RESULT ")]
         if done.returncode or not line:
             raise SystemExit(f"{k}x failed:\n{done.stderr[-3000:]}")
-        counts = json.loads(line[0].split(" ", 1)[1])
-        if base_dups is None:     # the smallest size's own duplicates, planted ones aside, by original id
-            base_dups = {d.split("/", 1)[1] for d in dedup_drops(out / "audit.jsonl") if d not in planted}
-        rows.append(_row(k, counts, check(out / "audit.jsonl", planted, base_dups)))
+        rows.append(_row(k, json.loads(line[0].split(" ", 1)[1]), check(out / "audit.jsonl", planted)))
         corpus.unlink()
         (out / "clean.jsonl").unlink()
         print(json.dumps(rows[-1]), flush=True)

@@ -47,6 +47,7 @@ class _Costs:
     def __init__(self):
         self.seconds, self.cpu, self.workers, self.task_cpu = {}, {}, {}, 0.0
         self.clock, self.driver_cpu, self.me = time.perf_counter(), time.process_time(), usage(0)["process"]
+        self.own_peak = _reset_peak_rss()
 
     def task(self, cost: dict) -> None:
         if cost["process"] == self.me:       # inline: already in the driver's own CPU time
@@ -62,8 +63,24 @@ class _Costs:
         self.clock, self.driver_cpu, self.task_cpu = now, cpu, 0.0
 
     def processes(self) -> dict[str, dict]:
-        driver = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        peak = _peak_rss_kb() if self.own_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        driver = {"peak_rss_mb": round(peak / 1024, 1)}
         return {"driver": driver, **{f"worker {name}": w for name, w in sorted(self.workers.items())}}
+
+
+def _reset_peak_rss() -> bool:
+    """Start this process's peak-memory mark afresh (Linux: clear_refs 5), so the driver's figure is the stage's own
+    even when it runs in a process that did other work first (the flow). False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _peak_rss_kb() > 0
+    except OSError:
+        return False
+
+
+def _peak_rss_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), 0))
 
 
 def scan(pool, cfg: CleanConfig, src: str, ranges: list, active: list, work: str, log: Audit, costs: _Costs
@@ -159,11 +176,10 @@ def clean(cfg: CleanConfig, src: str | Path = Paths.ingested, out: str | Path = 
             costs("lsh_candidates")
             fetch(pool, cfg, src, ranges, work, pairs, gone, held_out_fraction, costs)
             costs("fetch")
-            exact_gone = {r for refs in gone.values() for r in refs}
             near = near_dedup(pool, work, pairs, cfg.near_dedup, log, gone, costs)
             costs("near_dedup")
-            near_refs = {r for refs in gone.values() for r in refs} - exact_gone
-            index = next(iter(pool.map(index_task, [0], cfg=cfg, work=work, chunks=len(ranges), near=near_refs)))
+            index = next(iter(pool.map(index_task, [0], cfg=cfg, work=work, chunks=len(ranges),
+                                       near={r for r, _, _ in near.drop})))
             costs.task(index["usage"])
             costs("decontamination_index")
             kept = finish(pool, cfg, src, ranges, work, gone, held_out_fraction,
