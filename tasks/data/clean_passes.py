@@ -79,29 +79,42 @@ def scan(item: tuple[int, Range], *, cfg: CleanConfig, src: str, filters: list[F
     verdicts = chain.run(filters, [r["id"] for r in rows], [r["messages"] for r in rows])
     kept = np.array(verdicts.kept, np.int64)
     scratch.put(f"{work}/kept/{c:06d}", kept)
-    texts = [conversation_text(rows[i]["messages"]) for i in verdicts.kept]
-    refs = (c << 32) | kept
-    fingerprints = [dedup.fingerprint(t) for t in texts]
-    by_fp = np.array([int(fp[:8], 16) % partitions for fp in fingerprints], np.int64)
-    for p in range(partitions):
-        mine = np.flatnonzero(by_fp == p).tolist()
-        scratch.put(f"{work}/exact/{p:03d}/{c:06d}", {
-            "fingerprint": [fingerprints[k] for k in mine], "ref": refs[mine],
-            "id": [rows[verdicts.kept[k]]["id"] for k in mine], "source": [source(rows[verdicts.kept[k]]) for k in mine]})
-    bands, width = bands_for(cfg.near_dedup.threshold, cfg.near_dedup.num_perm)
-    keys = band_keys(chunk_signatures(texts, ShingleHasher.configured(cfg.near_dedup), cfg.near_dedup.num_perm),
-                     bands, width)
-    band, doc = np.repeat(np.arange(bands), len(keys)), np.tile(np.arange(len(keys)), bands)
-    key = keys.T.ravel()                                       # band-major, as band and doc
-    by_key = (key % np.uint64(partitions)).astype(np.int64)
-    for p in range(partitions):
-        mine = by_key == p
-        scratch.put(f"{work}/bands/{p:03d}/{c:06d}", {"band": band[mine].astype(np.int16), "key": key[mine],
-                                                     "ref": refs[doc[mine]]})
+    kept_rows = [rows[i] for i in verdicts.kept]
+    texts = [conversation_text(row["messages"]) for row in kept_rows]
+    _fingerprint_shares(texts, kept_rows, (c << 32) | kept, f"{work}/exact", c, partitions)
+    _band_key_shares(texts, (c << 32) | kept, f"{work}/bands", c, partitions, cfg)
     judged = {row_id for drops in verdicts.dropped.values() for row_id, _ in drops}
     judged |= {row_id for scores in verdicts.scored.values() for row_id, _ in scores}
     return {"rows": Counter(map(source, rows)), "trimmed": trimmed, "verdicts": verdicts._replace(kept=[]),
             "source_of": {row["id"]: source(row) for row in rows if row["id"] in judged}, "usage": usage(clock)}
+
+
+def _fingerprint_shares(texts: list[str], rows: list[dict], refs: np.ndarray, folder: str, c: int,
+                        partitions: int) -> None:
+    """Each row's exact-dedup fingerprint, with its ref, id and source, into the share its fingerprint picks."""
+    fingerprints = [dedup.fingerprint(t) for t in texts]
+    share = np.array([int(fp[:8], 16) % partitions for fp in fingerprints], np.int64)
+    for p in range(partitions):
+        mine = np.flatnonzero(share == p).tolist()
+        scratch.put(f"{folder}/{p:03d}/{c:06d}", {"fingerprint": [fingerprints[k] for k in mine], "ref": refs[mine],
+                                                  "id": [rows[k]["id"] for k in mine],
+                                                  "source": [source(rows[k]) for k in mine]})
+
+
+def _band_key_shares(texts: list[str], refs: np.ndarray, folder: str, c: int, partitions: int,
+                     cfg: CleanConfig) -> None:
+    """Each row's LSH band keys (its MinHash signature, banded), one entry per (row, band), into the share its key
+    picks: a bucket lies whole in one share."""
+    bands, width = bands_for(cfg.near_dedup.threshold, cfg.near_dedup.num_perm)
+    keys = band_keys(chunk_signatures(texts, ShingleHasher.configured(cfg.near_dedup), cfg.near_dedup.num_perm),
+                     bands, width)
+    band, row = np.repeat(np.arange(bands), len(keys)), np.tile(np.arange(len(keys)), bands)
+    key = keys.T.ravel()                                       # band-major, as band and row
+    share = (key % np.uint64(partitions)).astype(np.int64)
+    for p in range(partitions):
+        mine = share == p
+        scratch.put(f"{folder}/{p:03d}/{c:06d}", {"band": band[mine].astype(np.int16), "key": key[mine],
+                                                  "ref": refs[row[mine]]})
 
 
 def fetch(item: tuple[int, Range, set[int], set[int]], *, cfg: CleanConfig, src: str, work: str,

@@ -20,6 +20,7 @@ out: a handful of words ("Hello! How can I help you today?") recurs in unrelated
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -34,7 +35,7 @@ from tasks.data.words import words
 
 _TURN = re.compile(r"^(?:user|assistant|system): ", re.MULTILINE)   # conversation_text's turn starts
 MIN_WORDS = 8     # n-gram length for eval examples whose turns are all shorter than ngram words
-_SEEN_BITS = 24   # prefilter size: 2^24 flags, 16 MiB
+_SEEN_BITS = 24   # smallest prefilter: 2^24 bits, 2 MiB
 
 
 def turn_words(text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -110,24 +111,38 @@ class Decontaminator:
             self.index[n] = (keys[order], owners[order])
 
     @cached_property
-    def _seen(self) -> np.ndarray:
-        """Whether any indexed n-gram has these top _SEEN_BITS bits: rules out nearly all of a row's n-grams without
-        a binary search (2.5x faster on the corpus). Built on first use, in the worker, and never pickled."""
-        seen = np.zeros(1 << _SEEN_BITS, bool)
+    def _seen(self) -> tuple[np.ndarray, np.uint64]:
+        """A bitmap of the indexed n-grams' top bits (and the shift that gives them): rules out nearly all of a row's
+        n-grams without a binary search (2.5x faster on the corpus). 16 bits per indexed n-gram, 2^24 at least, so it
+        stays selective as the held-out set grows with the corpus (a fixed 2^24 was 95% full at 64x the corpus and
+        the finish pass grew 2x faster than the corpus). Built on first use, in the worker, and never pickled."""
+        total = sum(len(keys) for keys, _ in self.index.values())
+        bits = min(max(_SEEN_BITS, math.ceil(math.log2(max(total, 1))) + 4), 36)
+        seen, shift = np.zeros(1 << (bits - 3), np.uint8), np.uint64(64 - bits)
         for keys, _ in self.index.values():
-            seen[keys >> np.uint64(64 - _SEEN_BITS)] = True
-        return seen
+            top = np.unique(keys >> shift)
+            byte = top >> np.uint64(3)
+            starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+            flags = np.left_shift(np.uint8(1), (top & np.uint64(7)).astype(np.uint8))
+            seen[byte[starts]] |= np.add.reduceat(flags, starts, dtype=np.uint8)   # distinct bits: sum = or
+        return seen, shift
+
+    def _maybe_indexed(self, grams: np.ndarray) -> np.ndarray:
+        seen, shift = self._seen
+        top = grams >> shift
+        return (np.right_shift(seen[top >> np.uint64(3)], (top & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_seen"}
 
     def match(self, text: str) -> tuple[float, int] | None:
-        """(containment, eval example) of the example the text contains most; None if it shares no n-gram."""
+        """(containment, eval example) of the example the text contains most; None if it shares no n-gram. Costs
+        what the text's n-grams and their hits cost, not the number of eval examples."""
         hashes, turn = turn_words(text)
-        found = np.zeros(len(self.sizes), np.int64)
+        hits = []
         for n, (keys, owners) in self.index.items():
             grams = ngram_hashes(hashes, turn, n)
-            grams = np.unique(grams[self._seen[grams >> np.uint64(64 - _SEEN_BITS)]])
+            grams = np.unique(grams[self._maybe_indexed(grams)])
             lo = np.searchsorted(keys, grams, "left")
             hit = keys[np.minimum(lo, len(keys) - 1)] == grams
             if not hit.any():
@@ -135,12 +150,13 @@ class Decontaminator:
             lo, hi = lo[hit], np.searchsorted(keys, grams[hit], "right")
             counts = hi - lo                                   # examples sharing each n-gram
             pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-            found += np.bincount(owners[pos], minlength=len(self.sizes))
-        if not found.any():
+            hits.append(owners[pos])
+        if not hits:
             return None
-        score = found / np.maximum(self.sizes, 1)
+        examples, found = np.unique(np.concatenate(hits), return_counts=True)
+        score = found / np.maximum(self.sizes[examples], 1)
         best = int(score.argmax())
-        return float(score[best]), best
+        return float(score[best]), int(examples[best])
 
     def containment(self, text: str) -> float:
         """The largest fraction of any eval example's n-grams found in the text."""

@@ -11,23 +11,33 @@ that task could mistake for its result. Objects are pickles: the folder is this 
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import secrets
+import shutil
 import uuid
+from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from tasks.common.jsonl import TEMP_SUFFIX
+from tasks.common.processes import process_started
 
 
 class Scratch:
-    """One run's folder under `root` (a path or an fsspec URL); `remove` deletes it."""
+    """One run's folder under `root` (a path or an fsspec URL), named by the driver's pid; `remove` deletes it. On a
+    local root, the folders of drivers that died without removing theirs (kill -9) are removed first."""
 
     def __init__(self, root: str):
         self.fs, base = fsspec.core.url_to_fs(root)
-        self.url = f"{root.rstrip('/')}/clean-{uuid.uuid4().hex[:12]}"
-        self.path = f"{base.rstrip('/')}/{self.url.rsplit('/', 1)[1]}"
+        name = f"clean-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.url, self.path = f"{root.rstrip('/')}/{name}", f"{base.rstrip('/')}/{name}"
+        if isinstance(self.fs, LocalFileSystem):
+            for old in Path(base).glob("clean-*-*"):
+                pid = old.name.split("-")[1]
+                if pid.isdigit() and process_started(int(pid)) is None:
+                    shutil.rmtree(old, ignore_errors=True)
         self.fs.makedirs(self.path, exist_ok=True)
 
     def remove(self) -> None:
