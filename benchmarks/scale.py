@@ -195,7 +195,7 @@ def _report(rows: list[dict], results: Path) -> None:
     plots.curves({"wall s": [(r["rows"], r["wall_s"]) for r in rows],
                   "driver peak MB": [(r["rows"], r["driver_peak_mb"]) for r in rows],
                   "largest worker peak MB": [(r["rows"], r["worker_peak_mb"] or 0) for r in rows]},
-                 results.with_suffix(".png"), "clean: cost against corpus size (rows)", "s or MB")
+                 results.with_suffix(".png"), "clean: cost against corpus size", "s or MB", "rows in")
     steps = list(rows[-1]["seconds"])
     lines = ["| size | rows | wall s | CPU s | rows/s | driver peak MB | largest worker MB | recall | precision | "
              + " | ".join(f"{s} s" for s in steps) + " |", "|---" * (9 + len(steps)) + "|"]

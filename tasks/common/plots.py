@@ -36,12 +36,13 @@ def bars(values: dict[str, float], path: Path, title: str, xlabel: str = "count"
     return _save(fig, path)
 
 
-def curves(series: dict[str, list[tuple[int, float]]], path: Path, title: str, ylabel: str) -> Path:
+def curves(series: dict[str, list[tuple[int, float]]], path: Path, title: str, ylabel: str,
+           xlabel: str = "step") -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, points in series.items():
         if points:
             ax.plot(*zip(*points), marker=".", label=name)
-    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.legend()
     return _save(fig, path)
 
