@@ -142,11 +142,11 @@ def index_task(_, *, cfg: CleanConfig, work: str, chunks: int, near: set[int]) -
 
 
 def finish(pool, cfg: CleanConfig, src: str, ranges: list, work: str, gone: Gone, held_out_fraction: float,
-           index: str | None, log: Audit, out_file, costs: _Costs) -> Counter:
+           indexed: bool, log: Audit, out_file, costs: _Costs) -> Counter:
     """Step 4. Writes the kept rows, in corpus order; returns how many, by source."""
     items, rows_kept = [(c, r, gone.get(c, set())) for c, r in enumerate(ranges)], Counter()
     for part in tqdm(pool.map(clean_passes.finish, items, cfg=cfg, src=src, work=work,
-                              held_out_fraction=held_out_fraction, index=index),
+                              held_out_fraction=held_out_fraction, indexed=indexed),
                      total=len(items), desc="clean: decontaminate+pii"):
         costs.task(part["usage"])
         for row_id, source, reason, detail in part["dropped"]:
@@ -182,8 +182,8 @@ def clean(cfg: CleanConfig, src: str | Path = Paths.ingested, out: str | Path = 
                                        near={r for r, _, _ in near.drop})))
             costs.task(index["usage"])
             costs("decontamination_index")
-            kept = finish(pool, cfg, src, ranges, work, gone, held_out_fraction,
-                          f"{work}/decontaminator" if index["examples"] else None, log, out_file, costs)
+            kept = finish(pool, cfg, src, ranges, work, gone, held_out_fraction, index["examples"] > 0, log,
+                          out_file, costs)
             costs("decontaminate_pii")
     finally:
         work_dir.remove()

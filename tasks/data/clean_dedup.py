@@ -61,7 +61,7 @@ def verify_batch(pairs: np.ndarray, *, work: str, threshold: float) -> dict:
     clock = time.process_time()
 
     def row(r: int) -> tuple:
-        return scratch.get_cached(f"{work}/shingles/{r >> 32:06d}")[r]
+        return scratch.get_cached(work, f"shingles/{r >> 32:06d}")[r]
 
     sims = np.array([jaccard(row(a)[0], row(b)[0]) for a, b in pairs.tolist()])
     linked = pairs[sims >= threshold].ravel().tolist()

@@ -139,11 +139,11 @@ def fetch(item: tuple[int, Range, set[int], set[int]], *, cfg: CleanConfig, src:
 
 
 def finish(item: tuple[int, Range, set[int]], *, cfg: CleanConfig, src: str, work: str, held_out_fraction: float,
-           index: str | None) -> dict:
+           indexed: bool) -> dict:
     """The range's rows that no step dropped: training rows decontaminated (the index `decontamination_index`
     wrote, loaded once per worker), then PII scrubbed in every kept row."""
     clock, (c, byte_range, gone) = time.process_time(), item
-    decontaminator: Decontaminator | None = scratch.get_cached(index) if index else None
+    decontaminator: Decontaminator | None = scratch.get_cached(work, "decontaminator") if indexed else None
     scrubber, kept, dropped, modified = Scrubber(cfg.pii), [], [], []
     for _, row in _kept(work, c, byte_range, cfg, src, gone):
         if decontaminator and not in_test_split(row["id"], held_out_fraction):

@@ -10,12 +10,13 @@ that task could mistake for its result. Objects are pickles: the folder is this 
 """
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import secrets
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import fsspec
@@ -65,11 +66,25 @@ def get(url: str):
         return pickle.load(f)
 
 
-@functools.lru_cache(maxsize=32)
-def get_cached(url: str):
-    """`get`, remembered in this worker process: the verification tasks of one run read the same ranges' shingle
-    sets, and every finish task the same decontamination index. Keys are unique to a run's folder."""
-    return get(url)
+_RECENT = 32                 # results kept per worker process
+_lock, _cache = threading.Lock(), {"run": "", "recent": OrderedDict()}
+
+
+def get_cached(work: str, name: str):
+    """`get` of `{work}/{name}`, the last _RECENT remembered in this worker process: the verification tasks of one run
+    read the same ranges' shingle sets, and every finish task the same decontamination index. Only the current run's:
+    a long-lived Dask worker does not hold an earlier run's index."""
+    with _lock:
+        if _cache["run"] != work:
+            _cache["run"], _cache["recent"] = work, OrderedDict()
+        recent = _cache["recent"]
+        if name in recent:
+            recent.move_to_end(name)
+        else:
+            recent[name] = get(f"{work}/{name}")
+            if len(recent) > _RECENT:
+                recent.popitem(last=False)
+        return recent[name]
 
 
 def reachable(src: str, scratch: Scratch) -> str:

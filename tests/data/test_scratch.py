@@ -1,5 +1,6 @@
-"""The clean stage's scratch folder: results written atomically, the folder gone after the run, and a killed
-driver's leftover removed by the next run on that machine while a live driver's folder stays."""
+"""The clean stage's scratch folder: results written atomically, the folder gone after the run, a killed driver's
+leftover removed by the next run on that machine while a live driver's folder stays, and a worker's cache holding
+only the current run's results."""
 import os
 import subprocess
 import sys
@@ -22,5 +23,12 @@ def test_a_dead_drivers_folder_is_swept_and_a_live_ones_kept(tmp_path):
     assert not leftover.exists() and live.exists()
     assert scratch.get(f"{work.url}/kept/000001").tolist() == [0, 1, 2]
     assert [p.name for p in (tmp_path / work.url.rsplit("/", 1)[1] / "kept").iterdir()] == ["000001"]  # no temp
+    first = scratch.get_cached(work.url, "kept/000001")
+    assert scratch.get_cached(work.url, "kept/000001") is first             # read once per worker process
+    later = scratch.Scratch(f"file://{tmp_path}")
+    scratch.put(f"{later.url}/kept/000001", np.arange(2))
+    assert scratch.get_cached(later.url, "kept/000001").tolist() == [0, 1]
+    assert scratch.get_cached(work.url, "kept/000001") is not first         # a new run dropped the old run's
     work.remove()
+    later.remove()
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
