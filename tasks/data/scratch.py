@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
 import shutil
 import threading
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.common.jsonl import TEMP_SUFFIX
+from tasks.common.jsonl import atomic_writer, open_binary
 from tasks.common.processes import process_started
 
 
@@ -46,23 +45,14 @@ class Scratch:
             self.fs.rm(self.path, recursive=True)
 
 
-def _split(url: str):
-    return fsspec.core.url_to_fs(url)
-
-
 def put(url: str, obj) -> None:
-    """Pickle `obj` to `url`, atomically."""
-    fs, path = _split(url)
-    tmp = f"{path}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(tmp, "wb") as f:
+    """Pickle `obj` to `url`, atomically (the stage's own atomic_writer, which takes URLs)."""
+    with atomic_writer(url, "wb") as f:
         pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-    fs.mv(tmp, path)
 
 
 def get(url: str):
-    fs, path = _split(url)
-    with fs.open(path, "rb") as f:
+    with open_binary(url) as f:
         return pickle.load(f)
 
 
@@ -90,7 +80,7 @@ def get_cached(work: str, name: str):
 def reachable(src: str, scratch: Scratch) -> str:
     """`src` where the workers can read it: itself, unless it is on the driver's disk and the scratch folder is not
     (a remote cluster cannot read the driver's disk): then a copy in the scratch folder, streamed."""
-    if not isinstance(_split(src)[0], LocalFileSystem) or isinstance(scratch.fs, LocalFileSystem):
+    if not isinstance(fsspec.core.url_to_fs(src)[0], LocalFileSystem) or isinstance(scratch.fs, LocalFileSystem):
         return src
     dest = f"{scratch.url}/input.jsonl"
     with fsspec.open(src, "rb") as f_in, fsspec.open(dest, "wb") as f_out:
